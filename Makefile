@@ -1,0 +1,42 @@
+# make demo   - set up .venv (first time only) and run the demo sweep on the bundled digits data
+# make test   - set up .venv and run the fast test suite
+VENV    ?= .venv
+PYTHON  ?= python3
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# Offline unless the user chose otherwise: no login prompt, nothing sent.
+export WANDB_MODE ?= offline
+export WANDB_ERROR_REPORTING ?= false
+
+.PHONY: demo test test-all lint format bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	# The CPU build first: a bare "torch" requirement would pull a multi-GB CUDA build.
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/robustfl -m attack=none,sign_flip,alie defense=mean,median,krum
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -q -m ""
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run
+
+clean:
+	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Byzantine attacks. One module each; every attack implements :class:`attacks.base.Attack`."""

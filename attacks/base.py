@@ -1,0 +1,69 @@
+"""The attack contract.
+
+An attack may poison a Byzantine client's local data once before training
+(:meth:`Attack.poison_data`), replace the Byzantine rows of every round's update matrix
+(:meth:`Attack.poison_updates`), or both. Attacks see updates as ``(rows, d)`` matrices of
+model deltas ``theta_local - theta_global``; they never import a particular defense.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from robustfl.context import RoundContext
+from robustfl.errors import ConfigError
+
+Knowledge = Literal["omniscient", "local"]
+
+
+class Attack:
+    """Honest behaviour; subclasses override what they poison.
+
+    Args:
+        knowledge: ``"omniscient"``: the attacker sees the honest updates of the round (the
+            threat model of ALIE, IPM and min-max); ``"local"``: only the updates its own
+            clients computed honestly. :meth:`observed` returns the rows an attack may use.
+    """
+
+    #: True when the attack changes the updates; the engine skips the call otherwise.
+    poisons_updates: bool = False
+
+    def __init__(self, knowledge: Knowledge = "omniscient") -> None:
+        if knowledge not in ("omniscient", "local"):
+            raise ConfigError(
+                f"attack.knowledge={knowledge!r} is invalid: use 'omniscient' or 'local'."
+            )
+        self.knowledge = knowledge
+
+    def check(self, num_clients: int, num_byzantine: int) -> None:
+        """Raise :class:`~robustfl.errors.ConfigError` when the attack cannot run with
+        ``num_clients`` rows per round of which ``num_byzantine`` are Byzantine."""
+
+    def poison_data(
+        self, x: Tensor, y: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """Data poisoning of one Byzantine client's local data ``x: (m, ...)``, ``y: (m,)``."""
+        return x, y
+
+    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+        """Model poisoning: ``honest (h, d)``, ``byzantine (f, d)`` -> new ``(f, d)`` rows."""
+        return byzantine
+
+    def backdoor_test_set(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor] | None:
+        """For backdoor attacks: the triggered test inputs and their target labels, built from
+        the clean test set ``x, y``; the engine reports the accuracy on it as ``asr``."""
+        return None
+
+    def observed(self, honest: Tensor, byzantine: Tensor) -> Tensor:
+        """The updates this attacker can see, by its knowledge level: ``(rows, d)``."""
+        return honest if self.knowledge == "omniscient" and len(honest) else byzantine
+
+    def state_dict(self) -> dict:
+        """State to checkpoint (stateless attacks have none)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what :meth:`state_dict` returned."""

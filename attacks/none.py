@@ -1,0 +1,7 @@
+"""No attack: Byzantine clients behave honestly (the baseline every attack is compared with)."""
+
+from attacks.base import Attack
+
+
+class NoAttack(Attack):
+    """Honest behaviour; the Byzantine ids are still drawn, so runs stay paired."""

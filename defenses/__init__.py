@@ -1,0 +1,1 @@
+"""Robust aggregation rules and pre-aggregators, one module each (see :mod:`defenses.base`)."""

@@ -1,0 +1,180 @@
+"""The defense contract.
+
+A :class:`Defense` maps a round's update matrix ``(n, d)`` to one aggregate ``(d,)``. A
+:class:`PreAggregator` maps ``(n, d)`` to ``(m, d)`` and composes in front of any rule through
+:class:`Pipeline`; :func:`build_defense` assembles both from a config node such as
+``{_target_: defenses.median.Median, f: 4, pre: [nnm]}``.
+
+Optional hooks, used by the engine and ignored by rules that do not need them:
+
+- :meth:`Defense.check` -- preconditions on ``n`` (called before training starts);
+- :meth:`Defense.prepare` -- per-round information beyond the matrix (sample counts, the
+  server's own update for FLTrust when ``needs_server_update`` is true);
+- :meth:`Defense.reset`, :meth:`Defense.state_dict`, :meth:`Defense.load_state_dict` -- for
+  stateful rules (centered clipping, FoolsGold);
+- ``last_selected`` -- diagnostics: the input rows the last call selected, or ``None``.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from typing import Any
+
+from torch import Tensor
+
+from robustfl.context import RoundContext
+from robustfl.errors import ConfigError
+
+
+class Defense:
+    """Base class of aggregation rules: ``__call__(updates: (n, d)) -> (d,)``."""
+
+    #: Set to True by rules that need ``ctx.server_update`` in :meth:`prepare` (FLTrust).
+    needs_server_update: bool = False
+
+    def __init__(self) -> None:
+        self.last_selected: Tensor | None = None
+
+    def __call__(self, updates: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def check(self, n: int) -> None:
+        """Raise :class:`~robustfl.errors.ConfigError` if the rule cannot aggregate ``n`` rows."""
+
+    def prepare(self, ctx: RoundContext) -> None:
+        """Receive this round's context before :meth:`__call__` (default: ignore it)."""
+
+    def reset(self) -> None:
+        """Forget all state, for a new run."""
+        self.last_selected = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """State to checkpoint; stateless rules return ``{}``."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+    def simulate(self, updates: Tensor) -> Tensor:
+        """Aggregate ``updates`` without changing this object's state (for adaptive attacks)."""
+        return copy.deepcopy(self)(updates)
+
+
+class PreAggregator:
+    """Base class of pre-aggregators: ``__call__(updates: (n, d)) -> (m, d)``."""
+
+    def __call__(self, updates: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def output_rows(self, n: int) -> int:
+        """``m``, the number of rows produced from ``n`` (default: unchanged)."""
+        return n
+
+    def check(self, n: int) -> None:
+        """Raise :class:`~robustfl.errors.ConfigError` if ``n`` input rows are not allowed."""
+
+    def prepare(self, ctx: RoundContext) -> None:
+        """Receive this round's context (for randomized pre-aggregators such as bucketing)."""
+
+
+class Pipeline(Defense):
+    """``rule(pre_k(...pre_1(updates)))``: pre-aggregators applied in order, then the rule."""
+
+    def __init__(self, pre: list[PreAggregator], rule: Defense) -> None:
+        super().__init__()
+        self.pre = list(pre)
+        self.rule = rule
+        self.needs_server_update = rule.needs_server_update
+
+    def __call__(self, updates: Tensor) -> Tensor:
+        for stage in self.pre:
+            updates = stage(updates)
+        out = self.rule(updates)
+        # Row identities are lost once rows are mixed; report selections only without mixing.
+        self.last_selected = self.rule.last_selected if not self.pre else None
+        return out
+
+    def check(self, n: int) -> None:
+        for stage in self.pre:
+            stage.check(n)
+            n = stage.output_rows(n)
+        self.rule.check(n)
+
+    def prepare(self, ctx: RoundContext) -> None:
+        for stage in self.pre:
+            stage.prepare(ctx)
+        self.rule.prepare(ctx)
+
+    def reset(self) -> None:
+        super().reset()
+        self.rule.reset()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rule.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rule.load_state_dict(state)
+
+
+#: Pre-aggregators that ``pre: [...]`` may name; ``module:Class`` in this package.
+PRE_AGGREGATORS: dict[str, str] = {
+    "nnm": "defenses.nnm:NearestNeighborMixing",
+    "bucketing": "defenses.bucketing:Bucketing",
+    "clipping": "defenses.clipping:Clipping",
+}
+
+
+def _instantiate(node: Any) -> Any:
+    from hydra.utils import instantiate
+
+    return instantiate(node, _convert_="all")
+
+
+def _build_pre(entry: Any, f: int | None) -> PreAggregator:
+    """One ``pre`` entry: a name (``"nnm"``), ``{name: ..., **params}`` or ``{_target_: ...}``."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if isinstance(entry, DictConfig):
+        entry = OmegaConf.to_container(entry, resolve=True)
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or not ("name" in entry or "_target_" in entry):
+        raise ConfigError(
+            f"defense.pre entry {entry!r} is invalid: use a name ({', '.join(PRE_AGGREGATORS)}), "
+            "a mapping {name: NAME, param: value} or a mapping with _target_."
+        )
+    entry = dict(entry)
+    if "_target_" not in entry:
+        name = entry.pop("name")
+        if name not in PRE_AGGREGATORS:
+            raise ConfigError(
+                f"defense.pre entry {name!r} is unknown: choose from {', '.join(PRE_AGGREGATORS)} "
+                "or give a mapping with _target_."
+            )
+        module, cls = PRE_AGGREGATORS[name].split(":")
+        factory = getattr(importlib.import_module(module), cls)
+        if f is not None and "f" in factory.__init__.__code__.co_varnames and "f" not in entry:
+            entry["f"] = f
+        stage = factory(**entry)
+    else:
+        stage = _instantiate(entry)
+    if not isinstance(stage, PreAggregator):
+        raise ConfigError(f"defense.pre entry {entry!r} did not build a PreAggregator.")
+    return stage
+
+
+def build_defense(node: Any) -> Defense:
+    """Build a defense from its config node (``name`` is metadata; ``pre`` lists pre-aggregators)."""
+    from omegaconf import OmegaConf
+
+    node = OmegaConf.create(OmegaConf.to_container(node, resolve=True)) if node is not None else node
+    pre_entries = node.pop("pre", None) or []
+    node.pop("name", None)
+    rule = _instantiate(node)
+    if not isinstance(rule, Defense):
+        raise ConfigError(f"defense._target_={node._target_} did not build a defenses.base.Defense.")
+    if not pre_entries:
+        return rule
+    f = node.get("f")
+    return Pipeline([_build_pre(entry, f) for entry in pre_entries], rule)

@@ -1,0 +1,5 @@
+"""``python -m robustfl`` is the ``robustfl`` command."""
+
+from robustfl.cli import main
+
+main()

@@ -1,0 +1,132 @@
+"""Typed config schema (Hydra structured configs) and the range checks that types cannot express.
+
+The schema is registered in Hydra's ConfigStore as ``base_config`` and named first in
+``conf/config.yaml``'s defaults list, so a wrong type (``fl.rounds=abc``) is rejected by Hydra
+with the key in the message. :func:`validate` then checks ranges and relations between keys
+before any data is loaded or model built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+
+from robustfl.errors import ConfigError
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class TrackerMode(str, Enum):
+    auto = "auto"
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+@dataclass
+class FLConfig:
+    num_clients: int = 20
+    num_byzantine: int = 4
+    clients_per_round: int = 20
+    rounds: int = 40
+    local_steps: int = 5
+    batch_size: int = 16
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    server_lr: float = 1.0
+    server_momentum: float = 0.0
+    eval_every: int = 5
+    chunk_size: int = 0
+
+
+@dataclass
+class TrackerConfig:
+    mode: TrackerMode = TrackerMode.auto
+    project: str = "robustfl"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    name: str | None = None
+    job_type: str = "train"
+
+
+@dataclass
+class BaseConfig:
+    fl: FLConfig = field(default_factory=FLConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    # Groups whose keys differ per option: checked by their constructors instead.
+    dataset: Any = None
+    partition: Any = None
+    model: Any = None
+    attack: Any = None
+    defense: Any = None
+    seed: int = 0
+    device: Device = Device.auto
+    threads: int = 0
+    resume: bool = False
+    progress: bool = True
+
+
+def register_configs() -> None:
+    """Register the schema; idempotent. Called on import of :mod:`robustfl.cli`."""
+    ConfigStore.instance().store(name="base_config", node=BaseConfig)
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check value ranges and relations between keys; raise :class:`ConfigError` on the first.
+
+    Only the engine-level keys are checked here; group options (dataset, partition, model,
+    attack, defense) check their own parameters when they are constructed, which also happens
+    before training starts.
+    """
+    fl = cfg.fl
+    for key in ("num_clients", "clients_per_round", "rounds", "local_steps", "batch_size",
+                "eval_every"):
+        value = fl[key]
+        _require(value >= 1, f"fl.{key}={value} is invalid: it must be an integer >= 1.")
+    _require(
+        0 <= fl.num_byzantine < fl.num_clients,
+        f"fl.num_byzantine={fl.num_byzantine} is invalid: it must satisfy "
+        f"0 <= num_byzantine < fl.num_clients={fl.num_clients}.",
+    )
+    _require(
+        fl.clients_per_round <= fl.num_clients,
+        f"fl.clients_per_round={fl.clients_per_round} is invalid: it must be <= "
+        f"fl.num_clients={fl.num_clients}.",
+    )
+    for key in ("lr", "server_lr"):
+        _require(fl[key] > 0, f"fl.{key}={fl[key]} is invalid: it must be > 0.")
+    for key in ("momentum", "server_momentum"):
+        _require(0 <= fl[key] < 1, f"fl.{key}={fl[key]} is invalid: it must be in [0, 1).")
+    _require(fl.weight_decay >= 0, f"fl.weight_decay={fl.weight_decay} is invalid: it must be >= 0.")
+    _require(fl.chunk_size >= 0, f"fl.chunk_size={fl.chunk_size} is invalid: use 0 (all clients "
+             "at once) or a positive number of clients per chunk.")
+    _require(cfg.threads >= 0, f"threads={cfg.threads} is invalid: use 0 (torch's default) or >= 1.")
+    for group in ("dataset", "partition", "model", "attack", "defense"):
+        node = cfg.get(group)
+        _require(
+            isinstance(node, DictConfig) and "_target_" in node,
+            f"{group} is not set to a valid option: choose one with {group}=NAME "
+            f"(the options are the files in conf/{group}/).",
+        )
+
+
+def to_container(cfg: DictConfig) -> dict:
+    """The resolved config as plain Python (enums as their names), without Hydra's node."""
+    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    data.pop("hydra", None)
+    return data

@@ -1,0 +1,373 @@
+"""The federated simulation: set-up from config, then rounds exactly as in DESIGN.md.
+
+A round: sample the participating clients; every one trains locally from the global model
+(Byzantine clients on their possibly poisoned data), all at once; the attack replaces the
+Byzantine rows of the update matrix; the defense aggregates; the server steps. Every
+``eval_every`` rounds (and after the last) the global model is evaluated and one line goes
+to ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+
+from attacks.base import Attack
+from defenses.base import Defense, build_defense
+from robustfl.config import to_container, validate
+from robustfl.context import RoundContext
+from robustfl.data import Dataset
+from robustfl.errors import ConfigError
+from robustfl.models import init_model
+from robustfl.partition import partition_hash
+from robustfl.results import SUMMARY_FILE, MetricsWriter, config_hash, write_json_atomic
+from robustfl.seeding import numpy_generator, stream_seed, torch_generator
+from robustfl.training import ClientData, LocalTrainer, ParamLayout, evaluate, sample_batch_indices
+
+log = logging.getLogger(__name__)
+
+TIMERS = ("train_s", "attack_s", "aggregate_s", "eval_s")
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """Instantiate a group option; its ``name`` key is metadata, not a constructor argument."""
+    plain = OmegaConf.to_container(node, resolve=True)
+    plain.pop("name", None)
+    return instantiate(plain, _convert_="all", **kwargs)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda is invalid here: no CUDA device is available. Use "
+                          "device=auto or device=cpu.")
+    return torch.device(name)
+
+
+@dataclass
+class Simulation:
+    """Everything a run needs, built by :func:`setup` before the first round."""
+
+    cfg: DictConfig
+    device: torch.device
+    dataset: Dataset
+    data: ClientData
+    parts: list[np.ndarray]
+    byzantine_ids: Tensor  # (f,) sorted client ids
+    is_byzantine: Tensor  # (K,) bool
+    model: nn.Module
+    layout: ParamLayout
+    trainer: LocalTrainer
+    attack: Attack
+    defense: Defense
+    backdoor: tuple[Tensor, Tensor] | None
+    # State that evolves over rounds (what a checkpoint holds).
+    global_params: Tensor
+    client_momentum: Tensor | None
+    server_momentum: Tensor | None
+    generators: dict[str, torch.Generator] = field(default_factory=dict)
+
+    @property
+    def fl(self) -> DictConfig:
+        return self.cfg.fl
+
+
+def setup(cfg: DictConfig) -> Simulation:
+    """Validate ``cfg`` and build data, partition, model, attack and defense.
+
+    Every user error surfaces here, as :class:`ConfigError` or
+    :class:`~robustfl.errors.DataError`, before any training.
+    """
+    validate(cfg)
+    fl = cfg.fl
+    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+
+    attack: Attack = build(cfg.attack)
+    defense = build_defense(cfg.defense)
+    if not isinstance(attack, Attack):
+        raise ConfigError(f"attack._target_={cfg.attack._target_} did not build an attacks.base.Attack.")
+    expected_byzantine = min(fl.num_byzantine, fl.clients_per_round)
+    attack.check(fl.clients_per_round, expected_byzantine)
+    defense.check(fl.clients_per_round)
+
+    dataset: Dataset = build(cfg.dataset, seed=cfg.seed)
+    partitioner = build(cfg.partition, _partial_=True)
+    labels = dataset.y_train.numpy()
+    extra = {"min_size": fl.batch_size} if cfg.partition._target_.endswith(".dirichlet") else {}
+    parts = partitioner(labels, fl.num_clients, numpy_generator(cfg.seed, "partition"), **extra)
+    smallest = min(len(p) for p in parts)
+    if smallest < fl.batch_size:
+        raise ConfigError(
+            f"partition={cfg.partition.name} leaves a client with {smallest} samples, fewer than "
+            f"fl.batch_size={fl.batch_size}: every client needs at least one batch. Lower "
+            "fl.batch_size or fl.num_clients, or change the partition's parameters."
+        )
+
+    byz_gen = torch_generator(cfg.seed, "byzantine")
+    byzantine_ids = torch.randperm(fl.num_clients, generator=byz_gen)[: fl.num_byzantine].sort().values
+    is_byzantine = torch.zeros(fl.num_clients, dtype=torch.bool)
+    is_byzantine[byzantine_ids] = True
+
+    poison_gen = torch_generator(cfg.seed, "poison_data")
+    client_parts = []
+    for client, idx in enumerate(parts):
+        x, y = dataset.x_train[idx], dataset.y_train[idx]
+        if is_byzantine[client]:
+            x, y = attack.poison_data(x.clone(), y.clone(), poison_gen)
+        client_parts.append((x, y))
+    data = ClientData.from_parts(client_parts).to(device)
+
+    builder = build(cfg.model, _partial_=True)
+    model = init_model(builder, dataset.input_shape, dataset.num_classes,
+                       stream_seed(cfg.seed, "model")).to(device)
+    layout = ParamLayout.of(model)
+    trainer = LocalTrainer(model, layout, fl.lr, fl.momentum, fl.weight_decay, fl.chunk_size)
+    backdoor = attack.backdoor_test_set(dataset.x_test, dataset.y_test)
+    if backdoor is not None:
+        backdoor = (backdoor[0].to(device), backdoor[1].to(device))
+    dataset.x_test, dataset.y_test = dataset.x_test.to(device), dataset.y_test.to(device)
+
+    global_params = layout.flatten(model)
+    return Simulation(
+        cfg=cfg, device=device, dataset=dataset, data=data, parts=parts,
+        byzantine_ids=byzantine_ids, is_byzantine=is_byzantine, model=model, layout=layout,
+        trainer=trainer, attack=attack, defense=defense, backdoor=backdoor,
+        global_params=global_params,
+        client_momentum=torch.zeros(fl.num_clients, layout.d, device=device) if fl.momentum else None,
+        server_momentum=torch.zeros(layout.d, device=device) if fl.server_momentum else None,
+        generators={
+            name: torch_generator(cfg.seed, name) for name in ("sampling", "batches", "attack")
+        },
+    )
+
+
+@dataclass
+class RoundResult:
+    aggregate_finite: bool
+    robustness_error: float
+    byzantine_selected: int | None
+    num_byzantine: int
+
+
+def participants(sim: Simulation) -> Tensor:
+    """Sorted ids of this round's clients (all of them unless ``clients_per_round`` < K)."""
+    fl = sim.fl
+    if fl.clients_per_round == fl.num_clients:
+        return torch.arange(fl.num_clients)
+    chosen = torch.randperm(fl.num_clients, generator=sim.generators["sampling"])
+    return chosen[: fl.clients_per_round].sort().values
+
+
+def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> RoundResult:
+    """One round; updates ``sim``'s global model and buffers in place, adds to ``timers``."""
+    fl = sim.fl
+    clients = participants(sim)
+    byz_rows = torch.nonzero(sim.is_byzantine[clients]).flatten()
+    honest_rows = torch.nonzero(~sim.is_byzantine[clients]).flatten()
+
+    tic = time.perf_counter()
+    batches = sample_batch_indices(sim.data, clients, fl.local_steps, fl.batch_size,
+                                   sim.generators["batches"])
+    momentum_rows = None
+    if sim.client_momentum is not None:
+        momentum_rows = sim.client_momentum[clients.to(sim.device)]
+    updates = sim.trainer.train(sim.global_params, sim.data.x, sim.data.y, batches, momentum_rows)
+    if momentum_rows is not None:
+        sim.client_momentum[clients.to(sim.device)] = momentum_rows
+    honest_mean = updates[honest_rows.to(sim.device)].mean(dim=0)
+    timers["train_s"] += time.perf_counter() - tic
+
+    ctx = RoundContext(
+        round=round_index,
+        defense=sim.defense,
+        global_params=sim.global_params,
+        generator=sim.generators["attack"],
+        num_clients=len(clients),
+        num_byzantine=len(byz_rows),
+        byzantine_rows=byz_rows,
+        sample_counts=sim.data.sizes[clients.to(sim.device)].to(updates.dtype),
+        server_update=None,
+    )
+    tic = time.perf_counter()
+    if len(byz_rows) and sim.attack.poisons_updates:
+        dev_byz, dev_honest = byz_rows.to(sim.device), honest_rows.to(sim.device)
+        poisoned = sim.attack.poison_updates(updates[dev_honest], updates[dev_byz], ctx)
+        if poisoned.shape != (len(byz_rows), sim.layout.d):
+            raise RuntimeError(
+                f"{type(sim.attack).__name__}.poison_updates returned shape {tuple(poisoned.shape)}, "
+                f"expected {(len(byz_rows), sim.layout.d)}."
+            )
+        updates[dev_byz] = poisoned.to(updates.dtype)
+    timers["attack_s"] += time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    sim.defense.prepare(ctx)
+    aggregate = sim.defense(updates)
+    selected = sim.defense.last_selected
+    byz_selected = None
+    if selected is not None:
+        byz_selected = int(torch.isin(selected.cpu(), byz_rows).sum())
+    finite = bool(torch.isfinite(aggregate).all())
+    step = aggregate
+    if sim.server_momentum is not None:
+        step = sim.server_momentum.mul_(fl.server_momentum).add_(aggregate)
+    sim.global_params.add_(step, alpha=fl.server_lr)
+    timers["aggregate_s"] += time.perf_counter() - tic
+
+    error = float(torch.linalg.vector_norm(aggregate - honest_mean)
+                  / torch.linalg.vector_norm(honest_mean))
+    return RoundResult(finite and bool(torch.isfinite(sim.global_params).all()), error,
+                       byz_selected, len(byz_rows))
+
+
+def evaluate_global(sim: Simulation) -> dict[str, float]:
+    """Clean accuracy and loss of the global model, and ASR when the attack has a backdoor."""
+    accuracy, loss = evaluate(sim.model, sim.layout, sim.global_params,
+                              sim.dataset.x_test, sim.dataset.y_test)
+    metrics = {"accuracy": accuracy, "loss": loss}
+    if sim.backdoor is not None:
+        metrics["asr"], _ = evaluate(sim.model, sim.layout, sim.global_params, *sim.backdoor)
+    return metrics
+
+
+def _run_info(cfg: DictConfig) -> dict[str, Any]:
+    return {
+        "attack": cfg.attack.get("name", "?"),
+        "defense": cfg.defense.get("name", "?"),
+        "dataset": cfg.dataset.get("name", "?"),
+        "partition": cfg.partition.get("name", "?"),
+        "model": cfg.model.get("name", "?"),
+        "seed": int(cfg.seed),
+        "num_clients": int(cfg.fl.num_clients),
+        "num_byzantine": int(cfg.fl.num_byzantine),
+    }
+
+
+def failed_summary(cfg: DictConfig, reason: str, started: float) -> dict[str, Any]:
+    """The summary of a run that could not complete."""
+    return {
+        **_run_info(cfg),
+        "status": "failed",
+        "reason": reason,
+        "config_hash": config_hash(to_container(cfg)),
+        "timings": {"total_s": time.perf_counter() - started},
+    }
+
+
+def run(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> dict[str, Any]:
+    """Run one experiment; write ``metrics.jsonl`` and ``summary.json`` into ``run_dir``.
+
+    Returns the summary. A run whose model becomes non-finite stops with status
+    ``"diverged"`` and keeps its metrics; user errors raise before any training.
+    """
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    sim = setup(cfg)
+    fl = cfg.fl
+    plain_config = to_container(cfg)
+    if tracker is not None:
+        tracker.start(plain_config, run_dir)
+
+    timers = dict.fromkeys(TIMERS, 0.0)
+    writer = MetricsWriter(run_dir)
+    history: list[dict[str, Any]] = []
+    status, worst_error, last_round = "completed", 0.0, -1
+    byz_selected_total, byz_total = 0, 0
+    progress = _progress(cfg)
+    try:
+        for r in range(fl.rounds):
+            result = run_round(sim, r, timers)
+            last_round = r
+            worst_error = max(worst_error, result.robustness_error) if math.isfinite(
+                result.robustness_error) else math.inf
+            if result.byzantine_selected is not None:
+                byz_selected_total += result.byzantine_selected
+                byz_total += result.num_byzantine
+            diverged = not result.aggregate_finite
+            if diverged or (r + 1) % fl.eval_every == 0 or r + 1 == fl.rounds:
+                tic = time.perf_counter()
+                metrics = evaluate_global(sim) if not diverged else {
+                    "accuracy": math.nan, "loss": math.nan}
+                timers["eval_s"] += time.perf_counter() - tic
+                if not math.isfinite(metrics["loss"]):
+                    diverged = True
+                record = {
+                    "round": r + 1,
+                    **metrics,
+                    "robustness_error": result.robustness_error,
+                    "byzantine_selected": result.byzantine_selected,
+                    "num_byzantine": result.num_byzantine,
+                    **{f"time_{k}": v for k, v in timers.items()},
+                    "elapsed_s": time.perf_counter() - started,
+                }
+                writer.write(record)
+                history.append(record)
+                if tracker is not None:
+                    tracker.log(record, step=r + 1)
+                if progress is not None:
+                    progress.set_postfix(acc=f"{metrics['accuracy']:.3f}")
+            if progress is not None:
+                progress.update(1)
+            if diverged:
+                status = "diverged"
+                log.warning("round %d: the global model became non-finite; stopping", r + 1)
+                break
+    finally:
+        writer.close()
+        if progress is not None:
+            progress.close()
+
+    timers["total_s"] = time.perf_counter() - started
+    summary = _summary(cfg, sim, plain_config, history, status, worst_error, last_round,
+                       timers, byz_selected_total, byz_total)
+    write_json_atomic(run_dir / SUMMARY_FILE, summary)
+    if tracker is not None:
+        tracker.finish(summary, history)
+    return summary
+
+
+def _summary(cfg, sim, plain_config, history, status, worst_error, last_round, timers,
+             byz_selected_total, byz_total) -> dict[str, Any]:
+    finite = [h for h in history if math.isfinite(h["accuracy"])]
+    final = dict(finite[-1]) if finite else {}
+    best = {"accuracy": max((h["accuracy"] for h in finite), default=math.nan)}
+    if sim.backdoor is not None:
+        best["asr"] = max((h["asr"] for h in finite), default=math.nan)
+    return {
+        **_run_info(cfg),
+        "status": status,
+        "rounds_completed": last_round + 1,
+        "final": {k: final[k] for k in ("round", "accuracy", "loss", "asr") if k in final},
+        "best": best,
+        "worst_robustness_error": worst_error,
+        "byzantine_selected_share": byz_selected_total / byz_total if byz_total else None,
+        "byzantine_ids": sim.byzantine_ids.tolist(),
+        "partition_hash": partition_hash(sim.parts),
+        "config_hash": config_hash(plain_config),
+        "num_parameters": sim.layout.d,
+        "device": str(sim.device),
+        "data_notes": sim.dataset.notes,
+        "timings": {k: round(v, 6) for k, v in timers.items()},
+    }
+
+
+def _progress(cfg: DictConfig):
+    if not cfg.get("progress", True):
+        return None
+    from tqdm.auto import tqdm
+
+    label = f"{cfg.attack.get('name', '?')} vs {cfg.defense.get('name', '?')}"
+    return tqdm(total=cfg.fl.rounds, desc=label, unit="round", leave=False, disable=None)

@@ -1,0 +1,88 @@
+"""Split the training set among clients.
+
+Each partition function takes the training labels, the number of clients and a seeded numpy
+generator, and returns one array of training-set indices per client. They are constructed
+from config with ``_partial_=True`` (their own parameters bound), then called by the engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from robustfl.errors import ConfigError
+
+
+def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Uniform random split: client sizes differ by at most one."""
+    order = rng.permutation(len(labels))
+    return [np.sort(part) for part in np.array_split(order, num_clients)]
+
+
+def dirichlet(
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    alpha: float = 0.5,
+    min_size: int = 1,
+    max_tries: int = 1000,
+) -> list[np.ndarray]:
+    """Label skew (Hsu, Qi and Brown 2019): class ``c`` is divided among the clients in shares
+    ``p_c ~ Dir(alpha * 1)``.
+
+    Small ``alpha`` gives each client few classes; large ``alpha`` approaches IID. Draws are
+    repeated until every client holds at least ``min_size`` samples (the usual practice, as in
+    NIID-Bench); after ``max_tries`` failures the error says how to relax the setting.
+    """
+    if alpha <= 0:
+        raise ConfigError(f"partition.alpha={alpha} is invalid: it must be > 0.")
+    classes = [np.flatnonzero(labels == c) for c in np.unique(labels)]
+    for _ in range(max_tries):
+        parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        for members in classes:
+            members = members[rng.permutation(len(members))]
+            shares = rng.dirichlet(np.full(num_clients, alpha))
+            cuts = (np.cumsum(shares)[:-1] * len(members)).astype(int)
+            for client, chunk in enumerate(np.split(members, cuts)):
+                parts[client].append(chunk)
+        result = [np.sort(np.concatenate(p)) for p in parts]
+        if min(len(p) for p in result) >= min_size:
+            return result
+    raise ConfigError(
+        f"partition=dirichlet with alpha={alpha} left some of the {num_clients} clients with "
+        f"fewer than {min_size} samples (one batch) in {max_tries} draws: raise partition.alpha, "
+        "lower fl.num_clients or lower fl.batch_size."
+    )
+
+
+def shards(
+    labels: np.ndarray, num_clients: int, rng: np.random.Generator, shards_per_client: int = 2
+) -> list[np.ndarray]:
+    """Pathological non-IID split (McMahan et al. 2017): sort by label, cut into
+    ``num_clients * shards_per_client`` equal contiguous shards, deal each client
+    ``shards_per_client`` of them at random."""
+    if shards_per_client < 1:
+        raise ConfigError(
+            f"partition.shards_per_client={shards_per_client} is invalid: it must be >= 1."
+        )
+    num_shards = num_clients * shards_per_client
+    if num_shards > len(labels):
+        raise ConfigError(
+            f"partition=shards needs num_clients * shards_per_client = {num_shards} <= "
+            f"{len(labels)} training samples: lower partition.shards_per_client or fl.num_clients."
+        )
+    # Random order within each label, so shards of one label are not always the same samples.
+    order = np.lexsort((rng.random(len(labels)), labels))
+    pieces = np.array_split(order, num_shards)
+    dealt = rng.permutation(num_shards).reshape(num_clients, shards_per_client)
+    return [np.sort(np.concatenate([pieces[s] for s in row])) for row in dealt]
+
+
+def partition_hash(parts: list[np.ndarray]) -> str:
+    """A short digest of the assignment of samples to clients, to check runs were paired."""
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(np.asarray(part, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]

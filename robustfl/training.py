@@ -1,0 +1,205 @@
+"""Local training of many clients at once.
+
+All participating clients start from the global model; their parameters live as rows of one
+``(C, d)`` matrix, and every local SGD step of every client is one batched computation:
+``torch.func.vmap(torch.func.grad(loss))`` over the stacked parameters. Clients are processed in
+chunks of ``chunk_size`` to bound memory. :mod:`robustfl.reference` holds the plain per-client
+loop that tests compare against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+
+@dataclass(frozen=True)
+class ParamLayout:
+    """Where each named parameter of a model lives in the flat vector of length ``d``."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+    offsets: tuple[int, ...]
+    d: int
+
+    @classmethod
+    def of(cls, model: nn.Module) -> ParamLayout:
+        names, shapes, offsets, d = [], [], [], 0
+        for name, param in model.named_parameters():
+            names.append(name)
+            shapes.append(param.shape)
+            offsets.append(d)
+            d += param.numel()
+        return cls(tuple(names), tuple(shapes), tuple(offsets), d)
+
+    def flatten(self, model: nn.Module) -> Tensor:
+        """The model's parameters as one ``(d,)`` vector (a copy)."""
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Views of ``flat (..., d)`` as ``{name: (..., *shape)}``; writes go through."""
+        lead = flat.shape[:-1]
+        return {
+            name: flat[..., off : off + math.prod(shape)].view(*lead, *shape)
+            for name, shape, off in zip(self.names, self.shapes, self.offsets, strict=True)
+        }
+
+
+@dataclass
+class ClientData:
+    """Every client's local data, concatenated client after client.
+
+    Attributes:
+        x: ``(N, *input_shape)`` inputs (Byzantine clients' rows already poisoned).
+        y: ``(N,)`` labels.
+        offsets: ``(K,)`` int64, where client k's rows start.
+        sizes: ``(K,)`` int64, how many rows client k holds.
+    """
+
+    x: Tensor
+    y: Tensor
+    offsets: Tensor
+    sizes: Tensor
+
+    @classmethod
+    def from_parts(cls, parts: list[tuple[Tensor, Tensor]]) -> ClientData:
+        sizes = torch.tensor([len(y) for _, y in parts], dtype=torch.int64)
+        offsets = torch.cumsum(sizes, 0) - sizes
+        x = torch.cat([x for x, _ in parts])
+        y = torch.cat([y for _, y in parts])
+        return cls(x, y, offsets, sizes)
+
+    def to(self, device: torch.device) -> ClientData:
+        return ClientData(self.x.to(device), self.y.to(device), self.offsets.to(device),
+                          self.sizes.to(device))
+
+
+def sample_batch_indices(
+    data: ClientData, clients: Tensor, steps: int, batch_size: int, generator: torch.Generator
+) -> Tensor:
+    """Minibatch row indices ``(C, steps, batch_size)`` into ``data.x`` for ``clients (C,)``.
+
+    Each client walks through fresh random permutations of its own samples (sampling without
+    replacement within a pass, a new permutation for every pass), as a shuffling data loader
+    would. ``generator`` lives on the CPU; the result is on ``data.x``'s device.
+    """
+    sizes = data.sizes.cpu()[clients.cpu()]
+    offsets = data.offsets.cpu()[clients.cpu()]
+    num, longest = len(clients), int(sizes.max())
+    draws = steps * batch_size
+    passes = math.ceil(draws / int(sizes.min()))
+    keys = torch.rand(num, passes, longest, generator=generator)
+    keys.masked_fill_(torch.arange(longest) >= sizes[:, None, None], 2.0)  # padding sorts last
+    perms = keys.argsort(dim=2)  # (C, passes, longest); first sizes[c] entries permute 0..n_c-1
+    position = torch.arange(draws)
+    which_pass = position[None, :] // sizes[:, None]
+    within = position[None, :] % sizes[:, None]
+    local = perms.reshape(num, -1).gather(1, which_pass * longest + within)
+    return (offsets[:, None] + local).view(num, steps, batch_size).to(data.x.device)
+
+
+def make_loss(model: nn.Module):
+    """``loss(params, x, y)``: mean cross-entropy of ``model`` with parameters ``params``."""
+
+    def loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        logits = functional_call(model, params, (x,))
+        return nn.functional.cross_entropy(logits, y)
+
+    return loss
+
+
+class LocalTrainer:
+    """Local SGD (with optional momentum and weight decay) for many clients at once.
+
+    Args:
+        model: the architecture; its own parameter values are not used.
+        layout: the model's :class:`ParamLayout`.
+        lr, momentum, weight_decay: the client optimizer, as ``torch.optim.SGD`` defines them
+            (``buf = momentum * buf + (g + wd * theta)``; ``theta -= lr * buf``).
+        chunk_size: clients per vmapped batch; 0 trains all at once.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layout: ParamLayout,
+        lr: float,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        chunk_size: int = 0,
+    ) -> None:
+        self.layout = layout
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.chunk_size = chunk_size
+        self._grads = vmap(grad(make_loss(model)), in_dims=(0, 0, 0))
+
+    def train(
+        self,
+        global_params: Tensor,
+        x: Tensor,
+        y: Tensor,
+        batches: Tensor,
+        momentum_rows: Tensor | None = None,
+    ) -> Tensor:
+        """Run every client's local steps and return their updates.
+
+        Args:
+            global_params: ``(d,)`` the global model.
+            x, y: all clients' data (see :class:`ClientData`).
+            batches: ``(C, steps, B)`` row indices of each client's minibatches.
+            momentum_rows: ``(C, d)`` the clients' momentum buffers, updated in place
+                (required when ``momentum > 0``).
+
+        Returns:
+            ``(C, d)`` updates ``theta_local - theta_global``.
+        """
+        num = len(batches)
+        chunk = self.chunk_size or num
+        updates = torch.empty(num, self.layout.d, dtype=global_params.dtype,
+                              device=global_params.device)
+        for start in range(0, num, chunk):
+            stop = min(start + chunk, num)
+            bufs = momentum_rows[start:stop] if momentum_rows is not None else None
+            updates[start:stop] = self._train_chunk(global_params, x, y, batches[start:stop], bufs)
+        return updates
+
+    def _train_chunk(self, global_params, x, y, batches, bufs) -> Tensor:
+        num, steps, _ = batches.shape
+        theta = global_params.expand(num, -1).clone()
+        params = self.layout.unflatten(theta)
+        for step in range(steps):
+            rows = batches[:, step]
+            grads = self._grads(params, x[rows], y[rows])
+            g = torch.cat([grads[name].reshape(num, -1) for name in self.layout.names], dim=1)
+            if self.weight_decay:
+                g.add_(theta, alpha=self.weight_decay)
+            if self.momentum:
+                g = bufs.mul_(self.momentum).add_(g)
+            theta.add_(g, alpha=-self.lr)
+        return theta.sub_(global_params)
+
+
+def evaluate(
+    model: nn.Module, layout: ParamLayout, params: Tensor, x: Tensor, y: Tensor,
+    batch_size: int = 4096,
+) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy of the model with flat ``params (d,)`` on ``x, y``."""
+    named = layout.unflatten(params)
+    correct, total_loss = 0, 0.0
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            logits = functional_call(model, named, (x[start : start + batch_size],))
+            target = y[start : start + batch_size]
+            total_loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == target).sum())
+    n = max(len(y), 1)
+    return correct / n, total_loss / n
+
+
+def as_index_tensor(indices: np.ndarray | list[int]) -> Tensor:
+    return torch.as_tensor(np.asarray(indices, dtype=np.int64))
