@@ -86,6 +86,7 @@ class Pipeline(Defense):
         self.pre = list(pre)
         self.rule = rule
         self.needs_server_update = rule.needs_server_update
+        self.root_size = getattr(rule, "root_size", None)
 
     def __call__(self, updates: Tensor) -> Tensor:
         for stage in self.pre:
@@ -168,12 +169,16 @@ def build_defense(node: Any) -> Defense:
     """Build a defense from its config node (``name`` is metadata; ``pre`` lists pre-aggregators)."""
     from omegaconf import OmegaConf
 
-    node = OmegaConf.create(OmegaConf.to_container(node, resolve=True)) if node is not None else node
+    node = (
+        OmegaConf.create(OmegaConf.to_container(node, resolve=True)) if node is not None else node
+    )
     pre_entries = node.pop("pre", None) or []
     node.pop("name", None)
     rule = _instantiate(node)
     if not isinstance(rule, Defense):
-        raise ConfigError(f"defense._target_={node._target_} did not build a defenses.base.Defense.")
+        raise ConfigError(
+            f"defense._target_={node._target_} did not build a defenses.base.Defense."
+        )
     if not pre_entries:
         return rule
     f = node.get("f")

@@ -94,8 +94,14 @@ def validate(cfg: DictConfig) -> None:
     before training starts.
     """
     fl = cfg.fl
-    for key in ("num_clients", "clients_per_round", "rounds", "local_steps", "batch_size",
-                "eval_every"):
+    for key in (
+        "num_clients",
+        "clients_per_round",
+        "rounds",
+        "local_steps",
+        "batch_size",
+        "eval_every",
+    ):
         value = fl[key]
         _require(value >= 1, f"fl.{key}={value} is invalid: it must be an integer >= 1.")
     _require(
@@ -112,10 +118,17 @@ def validate(cfg: DictConfig) -> None:
         _require(fl[key] > 0, f"fl.{key}={fl[key]} is invalid: it must be > 0.")
     for key in ("momentum", "server_momentum"):
         _require(0 <= fl[key] < 1, f"fl.{key}={fl[key]} is invalid: it must be in [0, 1).")
-    _require(fl.weight_decay >= 0, f"fl.weight_decay={fl.weight_decay} is invalid: it must be >= 0.")
-    _require(fl.chunk_size >= 0, f"fl.chunk_size={fl.chunk_size} is invalid: use 0 (all clients "
-             "at once) or a positive number of clients per chunk.")
-    _require(cfg.threads >= 0, f"threads={cfg.threads} is invalid: use 0 (torch's default) or >= 1.")
+    _require(
+        fl.weight_decay >= 0, f"fl.weight_decay={fl.weight_decay} is invalid: it must be >= 0."
+    )
+    _require(
+        fl.chunk_size >= 0,
+        f"fl.chunk_size={fl.chunk_size} is invalid: use 0 (all clients "
+        "at once) or a positive number of clients per chunk.",
+    )
+    _require(
+        cfg.threads >= 0, f"threads={cfg.threads} is invalid: use 0 (torch's default) or >= 1."
+    )
     for group in ("dataset", "partition", "model", "attack", "defense"):
         node = cfg.get(group)
         _require(

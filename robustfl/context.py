@@ -28,6 +28,10 @@ class RoundContext:
         num_byzantine: ``f``, the Byzantine rows among them (participating this round).
         byzantine_rows: ``(f,)`` positions of the Byzantine rows in the ``(n, d)`` matrix.
         sample_counts: ``(n,)`` local training samples of each participating client.
+        client_ids: ``(n,)`` the client id of every row (stateful rules such as FoolsGold
+            keep per-client history).
+        defense_generator: the only source of randomness a defense may use this round
+            (a stream of its own, so attacks and defenses never shift each other's draws).
         server_update: when the defense asked for it (``Defense.needs_server_update``), a
             callable returning the server's own ``(d,)`` update on its root data this round.
     """
@@ -40,4 +44,6 @@ class RoundContext:
     num_byzantine: int
     byzantine_rows: Tensor
     sample_counts: Tensor
+    client_ids: Tensor | None = None
+    defense_generator: torch.Generator | None = None
     server_update: Callable[[], Tensor] | None = None

@@ -65,7 +65,7 @@ def stratified_split(
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         members = members[rng.permutation(len(members))]
-        cut = int(round(len(members) * test_fraction))
+        cut = round(len(members) * test_fraction)
         test.append(members[:cut])
         train.append(members[cut:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
@@ -122,8 +122,11 @@ def load_synthetic(
     noise standard deviations apart whatever the dimension; labels are balanced. Deterministic
     for a given ``seed``.
     """
-    for key, value, low in (("num_samples", num_samples, 2), ("num_features", num_features, 1),
-                            ("num_classes", num_classes, 2)):
+    for key, value, low in (
+        ("num_samples", num_samples, 2),
+        ("num_features", num_features, 1),
+        ("num_classes", num_classes, 2),
+    ):
         if value < low:
             raise ConfigError(f"dataset.{key}={value} is invalid: it must be >= {low}.")
     if separation <= 0:
@@ -160,7 +163,9 @@ def read_idx(path: Path) -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if array.size != int(np.prod(shape)):
-        raise DataError(f"{path} is truncated: header says shape {shape}, found {array.size} bytes.")
+        raise DataError(
+            f"{path} is truncated: header says shape {shape}, found {array.size} bytes."
+        )
     return array.reshape(shape)
 
 
@@ -217,18 +222,36 @@ def _load_idx_dataset(
     return _from_arrays(x, y, train, test, 10, name, notes)
 
 
-def load_mnist(root: str | Path = "data/mnist", test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def load_mnist(
+    root: str | Path = "data/mnist", test_fraction: float = 0.2, seed: int = 0
+) -> Dataset:
     """MNIST (LeCun et al. 1998) from the IDX files in ``root``; shape ``(1, 28, 28)``."""
-    return _load_idx_dataset(root, "mnist", "MNIST", 0.1307, 0.3081, test_fraction, seed,
-                             "http://yann.lecun.com/exdb/mnist/")
+    return _load_idx_dataset(
+        root,
+        "mnist",
+        "MNIST",
+        0.1307,
+        0.3081,
+        test_fraction,
+        seed,
+        "http://yann.lecun.com/exdb/mnist/",
+    )
 
 
 def load_fashion_mnist(
     root: str | Path = "data/fashion_mnist", test_fraction: float = 0.2, seed: int = 0
 ) -> Dataset:
     """Fashion-MNIST (Xiao et al. 2017) from the IDX files in ``root``; shape ``(1, 28, 28)``."""
-    return _load_idx_dataset(root, "fashion_mnist", "FashionMNIST", 0.2860, 0.3530,
-                             test_fraction, seed, "https://github.com/zalandoresearch/fashion-mnist")
+    return _load_idx_dataset(
+        root,
+        "fashion_mnist",
+        "FashionMNIST",
+        0.2860,
+        0.3530,
+        test_fraction,
+        seed,
+        "https://github.com/zalandoresearch/fashion-mnist",
+    )
 
 
 # ----------------------------------------------------------------------------- CIFAR-10

@@ -50,8 +50,10 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda is invalid here: no CUDA device is available. Use "
-                          "device=auto or device=cpu.")
+        raise ConfigError(
+            "device=cuda is invalid here: no CUDA device is available. Use "
+            "device=auto or device=cpu."
+        )
     return torch.device(name)
 
 
@@ -72,6 +74,7 @@ class Simulation:
     attack: Attack
     defense: Defense
     backdoor: tuple[Tensor, Tensor] | None
+    root_data: ClientData | None  # the server's clean root set, for defenses that need it
     # State that evolves over rounds (what a checkpoint holds).
     global_params: Tensor
     client_momentum: Tensor | None
@@ -98,7 +101,9 @@ def setup(cfg: DictConfig) -> Simulation:
     attack: Attack = build(cfg.attack)
     defense = build_defense(cfg.defense)
     if not isinstance(attack, Attack):
-        raise ConfigError(f"attack._target_={cfg.attack._target_} did not build an attacks.base.Attack.")
+        raise ConfigError(
+            f"attack._target_={cfg.attack._target_} did not build an attacks.base.Attack."
+        )
     expected_byzantine = min(fl.num_byzantine, fl.clients_per_round)
     attack.check(fl.clients_per_round, expected_byzantine)
     defense.check(fl.clients_per_round)
@@ -117,7 +122,9 @@ def setup(cfg: DictConfig) -> Simulation:
         )
 
     byz_gen = torch_generator(cfg.seed, "byzantine")
-    byzantine_ids = torch.randperm(fl.num_clients, generator=byz_gen)[: fl.num_byzantine].sort().values
+    byzantine_ids = (
+        torch.randperm(fl.num_clients, generator=byz_gen)[: fl.num_byzantine].sort().values
+    )
     is_byzantine = torch.zeros(fl.num_clients, dtype=torch.bool)
     is_byzantine[byzantine_ids] = True
 
@@ -131,8 +138,9 @@ def setup(cfg: DictConfig) -> Simulation:
     data = ClientData.from_parts(client_parts).to(device)
 
     builder = build(cfg.model, _partial_=True)
-    model = init_model(builder, dataset.input_shape, dataset.num_classes,
-                       stream_seed(cfg.seed, "model")).to(device)
+    model = init_model(
+        builder, dataset.input_shape, dataset.num_classes, stream_seed(cfg.seed, "model")
+    ).to(device)
     layout = ParamLayout.of(model)
     trainer = LocalTrainer(model, layout, fl.lr, fl.momentum, fl.weight_decay, fl.chunk_size)
     backdoor = attack.backdoor_test_set(dataset.x_test, dataset.y_test)
@@ -140,16 +148,44 @@ def setup(cfg: DictConfig) -> Simulation:
         backdoor = (backdoor[0].to(device), backdoor[1].to(device))
     dataset.x_test, dataset.y_test = dataset.x_test.to(device), dataset.y_test.to(device)
 
+    root_data = None
+    if defense.needs_server_update:
+        root_size = min(int(getattr(defense, "root_size", 100)), len(dataset.y_train))
+        if root_size < fl.batch_size:
+            raise ConfigError(
+                f"defense.root_size={root_size} is smaller than "
+                f"fl.batch_size={fl.batch_size}: the server needs one batch."
+            )
+        root_idx = torch.randperm(len(dataset.y_train), generator=torch_generator(cfg.seed, "root"))
+        root_idx = root_idx[:root_size]
+        root_data = ClientData.from_parts(
+            [(dataset.x_train[root_idx], dataset.y_train[root_idx])]
+        ).to(device)
+
     global_params = layout.flatten(model)
     return Simulation(
-        cfg=cfg, device=device, dataset=dataset, data=data, parts=parts,
-        byzantine_ids=byzantine_ids, is_byzantine=is_byzantine, model=model, layout=layout,
-        trainer=trainer, attack=attack, defense=defense, backdoor=backdoor,
+        cfg=cfg,
+        device=device,
+        dataset=dataset,
+        data=data,
+        parts=parts,
+        byzantine_ids=byzantine_ids,
+        is_byzantine=is_byzantine,
+        model=model,
+        layout=layout,
+        trainer=trainer,
+        attack=attack,
+        defense=defense,
+        backdoor=backdoor,
+        root_data=root_data,
         global_params=global_params,
-        client_momentum=torch.zeros(fl.num_clients, layout.d, device=device) if fl.momentum else None,
+        client_momentum=torch.zeros(fl.num_clients, layout.d, device=device)
+        if fl.momentum
+        else None,
         server_momentum=torch.zeros(layout.d, device=device) if fl.server_momentum else None,
         generators={
-            name: torch_generator(cfg.seed, name) for name in ("sampling", "batches", "attack")
+            name: torch_generator(cfg.seed, name)
+            for name in ("sampling", "batches", "attack", "defense", "server")
         },
     )
 
@@ -171,6 +207,20 @@ def participants(sim: Simulation) -> Tensor:
     return chosen[: fl.clients_per_round].sort().values
 
 
+def server_update(sim: Simulation) -> Tensor:
+    """The server's own ``(d,)`` update: local training on its root set from the global model,
+    with the clients' settings (no momentum), for defenses such as FLTrust."""
+    fl = sim.fl
+    batches = sample_batch_indices(
+        sim.root_data,
+        torch.zeros(1, dtype=torch.long),
+        fl.local_steps,
+        fl.batch_size,
+        sim.generators["server"],
+    )
+    return sim.trainer.train(sim.global_params, sim.root_data.x, sim.root_data.y, batches)[0]
+
+
 def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> RoundResult:
     """One round; updates ``sim``'s global model and buffers in place, adds to ``timers``."""
     fl = sim.fl
@@ -179,8 +229,9 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
     honest_rows = torch.nonzero(~sim.is_byzantine[clients]).flatten()
 
     tic = time.perf_counter()
-    batches = sample_batch_indices(sim.data, clients, fl.local_steps, fl.batch_size,
-                                   sim.generators["batches"])
+    batches = sample_batch_indices(
+        sim.data, clients, fl.local_steps, fl.batch_size, sim.generators["batches"]
+    )
     momentum_rows = None
     if sim.client_momentum is not None:
         momentum_rows = sim.client_momentum[clients.to(sim.device)]
@@ -199,7 +250,9 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
         num_byzantine=len(byz_rows),
         byzantine_rows=byz_rows,
         sample_counts=sim.data.sizes[clients.to(sim.device)].to(updates.dtype),
-        server_update=None,
+        client_ids=clients,
+        defense_generator=sim.generators["defense"],
+        server_update=(lambda: server_update(sim)) if sim.root_data is not None else None,
     )
     tic = time.perf_counter()
     if len(byz_rows) and sim.attack.poisons_updates:
@@ -227,16 +280,19 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
     sim.global_params.add_(step, alpha=fl.server_lr)
     timers["aggregate_s"] += time.perf_counter() - tic
 
-    error = float(torch.linalg.vector_norm(aggregate - honest_mean)
-                  / torch.linalg.vector_norm(honest_mean))
-    return RoundResult(finite and bool(torch.isfinite(sim.global_params).all()), error,
-                       byz_selected, len(byz_rows))
+    error = float(
+        torch.linalg.vector_norm(aggregate - honest_mean) / torch.linalg.vector_norm(honest_mean)
+    )
+    return RoundResult(
+        finite and bool(torch.isfinite(sim.global_params).all()), error, byz_selected, len(byz_rows)
+    )
 
 
 def evaluate_global(sim: Simulation) -> dict[str, float]:
     """Clean accuracy and loss of the global model, and ASR when the attack has a backdoor."""
-    accuracy, loss = evaluate(sim.model, sim.layout, sim.global_params,
-                              sim.dataset.x_test, sim.dataset.y_test)
+    accuracy, loss = evaluate(
+        sim.model, sim.layout, sim.global_params, sim.dataset.x_test, sim.dataset.y_test
+    )
     metrics = {"accuracy": accuracy, "loss": loss}
     if sim.backdoor is not None:
         metrics["asr"], _ = evaluate(sim.model, sim.layout, sim.global_params, *sim.backdoor)
@@ -291,16 +347,22 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> dict[str, 
         for r in range(fl.rounds):
             result = run_round(sim, r, timers)
             last_round = r
-            worst_error = max(worst_error, result.robustness_error) if math.isfinite(
-                result.robustness_error) else math.inf
+            worst_error = (
+                max(worst_error, result.robustness_error)
+                if math.isfinite(result.robustness_error)
+                else math.inf
+            )
             if result.byzantine_selected is not None:
                 byz_selected_total += result.byzantine_selected
                 byz_total += result.num_byzantine
             diverged = not result.aggregate_finite
             if diverged or (r + 1) % fl.eval_every == 0 or r + 1 == fl.rounds:
                 tic = time.perf_counter()
-                metrics = evaluate_global(sim) if not diverged else {
-                    "accuracy": math.nan, "loss": math.nan}
+                metrics = (
+                    evaluate_global(sim)
+                    if not diverged
+                    else {"accuracy": math.nan, "loss": math.nan}
+                )
                 timers["eval_s"] += time.perf_counter() - tic
                 if not math.isfinite(metrics["loss"]):
                     diverged = True
@@ -331,16 +393,36 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> dict[str, 
             progress.close()
 
     timers["total_s"] = time.perf_counter() - started
-    summary = _summary(cfg, sim, plain_config, history, status, worst_error, last_round,
-                       timers, byz_selected_total, byz_total)
+    summary = _summary(
+        cfg,
+        sim,
+        plain_config,
+        history,
+        status,
+        worst_error,
+        last_round,
+        timers,
+        byz_selected_total,
+        byz_total,
+    )
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     if tracker is not None:
         tracker.finish(summary, history)
     return summary
 
 
-def _summary(cfg, sim, plain_config, history, status, worst_error, last_round, timers,
-             byz_selected_total, byz_total) -> dict[str, Any]:
+def _summary(
+    cfg,
+    sim,
+    plain_config,
+    history,
+    status,
+    worst_error,
+    last_round,
+    timers,
+    byz_selected_total,
+    byz_total,
+) -> dict[str, Any]:
     finite = [h for h in history if math.isfinite(h["accuracy"])]
     final = dict(finite[-1]) if finite else {}
     best = {"accuracy": max((h["accuracy"] for h in finite), default=math.nan)}

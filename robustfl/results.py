@@ -49,7 +49,7 @@ class MetricsWriter:
     def __init__(self, run_dir: str | Path, truncate: bool = True) -> None:
         self.path = Path(run_dir) / METRICS_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._handle = open(self.path, "w" if truncate else "a")  # noqa: SIM115
+        self._handle = open(self.path, "w" if truncate else "a")
 
     def write(self, record: dict[str, Any]) -> None:
         self._handle.write(json.dumps(_clean(record), sort_keys=True) + "\n")

@@ -20,8 +20,12 @@ log = logging.getLogger(__name__)
 #: Environment variables this module sets per run (and may overwrite on the next run in the
 #: same process); any the user set before are left alone.
 _OWNED_ENV: set[str] = set()
-_DIR_VARS = {"WANDB_DIR": "", "WANDB_CACHE_DIR": "cache", "WANDB_DATA_DIR": "data",
-             "WANDB_CONFIG_DIR": "config"}
+_DIR_VARS = {
+    "WANDB_DIR": "",
+    "WANDB_CACHE_DIR": "cache",
+    "WANDB_DATA_DIR": "data",
+    "WANDB_CONFIG_DIR": "config",
+}
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -99,8 +103,14 @@ class WandbTracker:
         attack, defense = config["attack"].get("name"), config["defense"].get("name")
         seed = config.get("seed")
         flat = flatten(config)
-        flat.update({"attack": attack, "defense": defense, "dataset": config["dataset"].get("name"),
-                     "partition": config["partition"].get("name")})
+        flat.update(
+            {
+                "attack": attack,
+                "defense": defense,
+                "dataset": config["dataset"].get("name"),
+                "partition": config["partition"].get("name"),
+            }
+        )
         kwargs: dict[str, Any] = {}
         resolved = resolve_mode(mode)
         if resolved is not None:
@@ -111,8 +121,8 @@ class WandbTracker:
             group=self.settings.group or self.default_group,
             name=self.settings.name or f"{attack}-vs-{defense}-s{seed}",
             job_type=self.settings.job_type,
-            tags=[str(t) for t in (self.settings.tags or [])] + [f"attack:{attack}",
-                                                                  f"defense:{defense}"],
+            tags=[str(t) for t in (self.settings.tags or [])]
+            + [f"attack:{attack}", f"defense:{defense}"],
             config=flat,
             dir=str(run_dir),
             reinit="finish_previous",
@@ -129,8 +139,9 @@ class WandbTracker:
         import wandb
 
         try:
-            self.run.summary.update(flatten({k: v for k, v in summary.items()
-                                             if k not in ("data_notes",)}))
+            self.run.summary.update(
+                flatten({k: v for k, v in summary.items() if k not in ("data_notes",)})
+            )
             if history:
                 columns = sorted({k for h in history for k in h})
                 rows = [[h.get(c) for c in columns] for h in history]

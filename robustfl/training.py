@@ -75,8 +75,9 @@ class ClientData:
         return cls(x, y, offsets, sizes)
 
     def to(self, device: torch.device) -> ClientData:
-        return ClientData(self.x.to(device), self.y.to(device), self.offsets.to(device),
-                          self.sizes.to(device))
+        return ClientData(
+            self.x.to(device), self.y.to(device), self.offsets.to(device), self.sizes.to(device)
+        )
 
 
 def sample_batch_indices(
@@ -160,8 +161,9 @@ class LocalTrainer:
         """
         num = len(batches)
         chunk = self.chunk_size or num
-        updates = torch.empty(num, self.layout.d, dtype=global_params.dtype,
-                              device=global_params.device)
+        updates = torch.empty(
+            num, self.layout.d, dtype=global_params.dtype, device=global_params.device
+        )
         for start in range(0, num, chunk):
             stop = min(start + chunk, num)
             bufs = momentum_rows[start:stop] if momentum_rows is not None else None
@@ -171,6 +173,8 @@ class LocalTrainer:
     def _train_chunk(self, global_params, x, y, batches, bufs) -> Tensor:
         num, steps, _ = batches.shape
         theta = global_params.expand(num, -1).clone()
+        if self.momentum and bufs is None:  # a fresh optimizer (e.g. the server's root update)
+            bufs = torch.zeros_like(theta)
         params = self.layout.unflatten(theta)
         for step in range(steps):
             rows = batches[:, step]
@@ -185,7 +189,11 @@ class LocalTrainer:
 
 
 def evaluate(
-    model: nn.Module, layout: ParamLayout, params: Tensor, x: Tensor, y: Tensor,
+    model: nn.Module,
+    layout: ParamLayout,
+    params: Tensor,
+    x: Tensor,
+    y: Tensor,
     batch_size: int = 4096,
 ) -> tuple[float, float]:
     """Accuracy and mean cross-entropy of the model with flat ``params (d,)`` on ``x, y``."""

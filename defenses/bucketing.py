@@ -1,0 +1,56 @@
+"""Bucketing, a pre-aggregator (Karimireddy, He and Jaggi 2022, ICLR: "Byzantine-Robust
+Learning on Heterogeneous Datasets via Bucketing")."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from defenses.base import PreAggregator
+from defenses.functional import finite_rows
+from robustfl.errors import ConfigError
+
+
+def bucketing(updates: Tensor, s: int, generator: torch.Generator | None = None) -> Tensor:
+    """Shuffle the rows of ``updates (n, d)``, cut them into ``ceil(n / s)`` buckets of ``s``
+    consecutive rows (the last may be smaller) and return the bucket means ``(ceil(n/s), d)``.
+
+    A bucket holding a non-finite row is non-finite (the rule after it treats it as an outlier).
+    """
+    n = len(updates)
+    m = math.ceil(n / s)
+    order = torch.randperm(n, generator=generator).to(updates.device)
+    bucket_of = torch.empty(n, dtype=torch.long, device=updates.device)
+    bucket_of[order] = torch.arange(n, device=updates.device) // s
+    sizes = torch.bincount(bucket_of, minlength=m).to(updates.dtype)
+    mixing = torch.zeros(m, n, dtype=updates.dtype, device=updates.device)
+    mixing[bucket_of, torch.arange(n, device=updates.device)] = 1.0 / sizes[bucket_of]
+    finite = finite_rows(updates)
+    x = torch.where(
+        finite[:, None], updates, torch.zeros((), dtype=updates.dtype, device=updates.device)
+    )
+    out = mixing @ x
+    out[(mixing[:, ~finite] > 0).any(dim=1)] = torch.nan
+    return out
+
+
+class Bucketing(PreAggregator):
+    """Bucketing with bucket size ``s`` (the paper uses ``s = 2``); randomness from the
+    round's defense generator."""
+
+    def __init__(self, s: int = 2) -> None:
+        if s < 1:
+            raise ConfigError(f"defense.pre bucketing: s={s} is invalid: it must be >= 1.")
+        self.s = s
+        self._generator: torch.Generator | None = None
+
+    def output_rows(self, n: int) -> int:
+        return math.ceil(n / self.s)
+
+    def prepare(self, ctx) -> None:
+        self._generator = ctx.defense_generator
+
+    def __call__(self, updates: Tensor) -> Tensor:
+        return bucketing(updates, self.s, self._generator)

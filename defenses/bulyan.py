@@ -1,0 +1,129 @@
+"""Bulyan (El Mhamdi, Guerraoui and Rouault 2018, ICML)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from defenses.base import Defense
+from defenses.functional import pairwise_sq_distances, sort_columns
+from robustfl.errors import ConfigError
+from robustfl.linalg import krum_scores
+
+Selection = Literal["repeated_krum", "multi_krum"]
+SecondStep = Literal["closest_to_median", "trimmed_mean"]
+
+
+def bulyan_select(distances: Tensor, f: int, theta: int, selection: Selection) -> Tensor:
+    """Indices (sorted) of the ``theta`` rows Bulyan's first step keeps.
+
+    ``"repeated_krum"`` (the paper): pick the Krum winner of the remaining set, remove it,
+    repeat; each pass scores over ``r - f - 2`` neighbours of the ``r`` remaining rows and reuses
+    the one distance matrix. ``"multi_krum"``: the ``theta`` best scores of a single Krum pass
+    (Flower's newer strategy; a different set in most random trials).
+    """
+    n = len(distances)
+    if selection == "multi_krum":
+        scores = krum_scores(distances, n - f - 2)
+        return torch.sort(scores, stable=True).indices[:theta].sort().values
+    remaining = torch.ones(n, dtype=torch.bool, device=distances.device)
+    chosen = []
+    masked = distances.clone()
+    for _ in range(theta):  # theta = n - 2f passes over an (n, n) matrix; never over coordinates
+        r = int(remaining.sum())
+        scores = krum_scores(masked, r - f - 2)
+        scores[~remaining] = torch.inf
+        pick = int(torch.argmin(scores))
+        chosen.append(pick)
+        remaining[pick] = False
+        masked[:, pick] = torch.inf
+    return torch.tensor(sorted(chosen), device=distances.device)
+
+
+def closest_to_median_mean(selected: Tensor, beta: int) -> Tensor:
+    """Per coordinate, the mean of the ``beta`` values closest to the median: ``(t, d) -> (d,)``.
+
+    In sorted order those values form a window ``[s, s + beta)``; the window minimizing its
+    larger distance to the median is chosen per coordinate (ties to the lower window), and its
+    sum read off a cumulative sum, so nothing loops over coordinates.
+    """
+    t = len(selected)
+    ordered = sort_columns(selected).to(selected.device)
+    med = ordered[t // 2] if t % 2 else 0.5 * (ordered[t // 2 - 1] + ordered[t // 2])
+    starts = t - beta + 1
+    cost = torch.maximum(med - ordered[:starts], ordered[beta - 1 : beta - 1 + starts] - med)
+    best = torch.argmin(cost, dim=0, keepdim=True)  # (1, d)
+    zero = torch.zeros_like(ordered[:1])
+    cumulative = torch.cat([zero, ordered.cumsum(dim=0)])
+    window = cumulative.gather(0, best + beta) - cumulative.gather(0, best)
+    return (window / beta).squeeze(0)
+
+
+def bulyan(
+    updates: Tensor,
+    f: int,
+    selection: Selection = "repeated_krum",
+    second_step: SecondStep = "closest_to_median",
+) -> tuple[Tensor, Tensor]:
+    """Bulyan of ``updates (n, d)`` -> ``(d,)``, and the rows its first step selected.
+
+    Step 1 selects ``theta = n - 2f`` rows (see :func:`bulyan_select`). Step 2, per
+    coordinate, averages the ``beta = theta - 2f`` selected values closest to their median
+    (the paper), or with ``second_step="trimmed_mean"`` trims ``f`` per side, which keeps the
+    same count ``beta`` of central values.
+    """
+    n = len(updates)
+    theta = n - 2 * f
+    beta = theta - 2 * f
+    chosen = bulyan_select(pairwise_sq_distances(updates), f, theta, selection)
+    selected = updates[chosen]
+    if second_step == "trimmed_mean":
+        out = sort_columns(selected).to(updates.device)[f : theta - f].mean(dim=0)
+    else:
+        out = closest_to_median_mean(selected, beta)
+    return out, chosen
+
+
+class Bulyan(Defense):
+    """Bulyan: Krum-based selection, then a coordinate-wise robust average.
+
+    Args:
+        f: the assumed number of Byzantine clients; needs ``n >= 4f + 3``.
+        selection: ``"repeated_krum"`` (default, the paper) or ``"multi_krum"`` (Flower).
+        second_step: ``"closest_to_median"`` (default, the paper) or ``"trimmed_mean"``.
+    """
+
+    def __init__(
+        self,
+        f: int,
+        selection: Selection = "repeated_krum",
+        second_step: SecondStep = "closest_to_median",
+    ) -> None:
+        super().__init__()
+        if f < 0:
+            raise ConfigError(f"defense.f={f} is invalid: it must be >= 0.")
+        if selection not in ("repeated_krum", "multi_krum"):
+            raise ConfigError(
+                f"defense.selection={selection!r} is invalid: use 'repeated_krum' or 'multi_krum'."
+            )
+        if second_step not in ("closest_to_median", "trimmed_mean"):
+            raise ConfigError(
+                f"defense.second_step={second_step!r} is invalid: use "
+                "'closest_to_median' or 'trimmed_mean'."
+            )
+        self.f, self.selection, self.second_step = f, selection, second_step
+
+    def check(self, n: int) -> None:
+        if not n >= 4 * self.f + 3:
+            raise ConfigError(
+                f"defense=bulyan needs n >= 4f + 3 (El Mhamdi et al. 2018), but n={n} rows per "
+                f"round and f={self.f}: raise fl.clients_per_round to at least {4 * self.f + 3} "
+                "or lower defense.f."
+            )
+
+    def __call__(self, updates: Tensor) -> Tensor:
+        out, chosen = bulyan(updates, self.f, self.selection, self.second_step)
+        self.last_selected = chosen.cpu()
+        return out

@@ -1,0 +1,86 @@
+"""Divide-and-Conquer (Shejwalkar and Houmansadr 2021, NDSS: "Manipulating the Byzantine")."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from defenses.base import Defense
+from defenses.functional import finite_rows
+from robustfl.errors import ConfigError
+
+
+def dnc(
+    updates: Tensor,
+    f: int,
+    generator: torch.Generator | None = None,
+    niters: int = 5,
+    c: float = 1.0,
+    b: int = 10000,
+) -> tuple[Tensor, Tensor]:
+    """DnC aggregate of ``updates (n, d)`` and the rows it kept.
+
+    Each of ``niters`` passes samples ``b`` coordinates (all when ``d <= b``), centers the
+    submatrix, projects it on its top right singular vector, and keeps the ``n - c*f`` rows
+    with the smallest squared projections (outlier scores); the good set is the intersection
+    over passes and the output is its mean. Non-finite rows are never kept.
+    """
+    n, d = updates.shape
+    finite = finite_rows(updates)
+    keep_count = max(1, n - int(c * f))
+    good = finite.clone()
+    x = torch.where(
+        finite[:, None], updates, torch.zeros((), dtype=updates.dtype, device=updates.device)
+    )
+    for _ in range(niters):
+        if d > b:
+            cols = torch.randperm(d, generator=generator)[:b].to(updates.device)
+            sub = x[:, cols]
+        else:
+            sub = x
+        centered = sub - sub[finite].mean(dim=0)
+        top = torch.linalg.svd(centered[finite], full_matrices=False).Vh[0]
+        scores = (centered @ top) ** 2
+        scores = torch.where(finite, scores, torch.full_like(scores, torch.inf))
+        kept = torch.zeros_like(good)
+        kept[torch.sort(scores, stable=True).indices[:keep_count]] = True
+        good &= kept
+    if not bool(good.any()):
+        good = finite
+    return x[good].mean(dim=0), torch.nonzero(good).flatten()
+
+
+class DnC(Defense):
+    """Divide-and-Conquer.
+
+    Args:
+        f: the assumed number of Byzantine clients.
+        niters: random coordinate subsamples (passes).
+        c: filtering fraction: each pass removes ``c * f`` rows.
+        b: coordinates sampled per pass.
+    """
+
+    def __init__(self, f: int, niters: int = 5, c: float = 1.0, b: int = 10000) -> None:
+        super().__init__()
+        for key, value, low in (("f", f, 0), ("niters", niters, 1), ("b", b, 1)):
+            if value < low:
+                raise ConfigError(f"defense.{key}={value} is invalid: it must be >= {low}.")
+        if c <= 0:
+            raise ConfigError(f"defense.c={c} is invalid: it must be > 0.")
+        self.f, self.niters, self.c, self.b = f, niters, c, b
+        self._generator: torch.Generator | None = None
+
+    def check(self, n: int) -> None:
+        if not n - int(self.c * self.f) >= 1:
+            raise ConfigError(
+                f"defense=dnc removes c*f = {int(self.c * self.f)} rows per pass but n={n}: "
+                "lower defense.c or defense.f."
+            )
+
+    def prepare(self, ctx) -> None:
+        self._generator = ctx.defense_generator
+
+    def __call__(self, updates: Tensor) -> Tensor:
+        out, kept = dnc(updates, self.f, self._generator, self.niters, self.c, self.b)
+        self.last_selected = kept.cpu()
+        return out

@@ -1,0 +1,57 @@
+"""Vectorized building blocks shared by the rules: coordinate sorting, pairwise distances,
+clipping. All take an update matrix ``updates (n, d)``; none loops over clients or coordinates.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from robustfl.linalg import finite_rows, pairwise_sq_distances
+
+__all__ = [
+    "clip_rows",
+    "finite_rows",
+    "pairwise_sq_distances",
+    "row_norms",
+    "sort_columns",
+]
+
+
+def sort_columns(updates: Tensor) -> Tensor:
+    """``updates (n, d)`` sorted along the client axis (each coordinate independently).
+
+    NaN sorts after +inf, so a non-finite row behaves as an extreme value in every coordinate
+    it poisons. On the CPU this uses numpy's sort, measured 5 to 8 times faster here than
+    ``torch.sort(dim=0)`` (vectorized sorting networks); sorting the ``(n, d)`` row-major layout
+    in place beat transposing to ``(d, n)`` first, because the transpose copy costs more than it
+    saves (see docs/performance.md).
+    """
+    if updates.device.type == "cpu":
+        array = updates.detach().numpy().copy()
+        array.sort(axis=0)
+        return torch.from_numpy(array)
+    values = torch.nan_to_num(updates, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf)
+    return values.sort(dim=0).values
+
+
+def row_norms(updates: Tensor) -> Tensor:
+    """``(n,)`` Euclidean norms; non-finite rows get ``+inf``."""
+    norms = torch.linalg.vector_norm(updates, dim=1)
+    return torch.where(torch.isfinite(norms), norms, torch.full_like(norms, torch.inf))
+
+
+def clip_rows(updates: Tensor, threshold: Tensor | float) -> Tensor:
+    """Scale every row to norm at most ``threshold`` (a scalar or ``(n,)``); rows already
+    inside are unchanged. Non-finite rows become zero (their direction is undefined)."""
+    norms = row_norms(updates)
+    scale = torch.clamp(
+        torch.as_tensor(threshold, dtype=updates.dtype, device=updates.device)
+        / norms.clamp(min=torch.finfo(updates.dtype).tiny),
+        max=1.0,
+    )
+    finite = torch.isfinite(norms)
+    clipped = updates * torch.where(finite, scale, torch.zeros_like(scale))[:, None]
+    return torch.where(
+        finite[:, None], clipped, torch.zeros((), dtype=updates.dtype, device=updates.device)
+    )

@@ -1,0 +1,52 @@
+"""Multi-Krum (Blanchard et al. 2017; El Mhamdi, Guerraoui and Rouault 2018)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from defenses.base import Defense
+from defenses.functional import pairwise_sq_distances
+from defenses.krum import check_krum, default_neighbors
+from robustfl.errors import ConfigError
+from robustfl.linalg import krum_scores
+
+
+def multi_krum(
+    updates: Tensor, f: int, m: int | None = None, neighbors: int | None = None
+) -> tuple[Tensor, Tensor]:
+    """Average of the ``m`` rows with the lowest Krum scores (``m = n - f`` by default), and
+    the indices of those rows (sorted). ``(n, d) -> (d,), (m,)``."""
+    n = len(updates)
+    m = n - f if m is None else m
+    k = default_neighbors(n, f) if neighbors is None else neighbors
+    scores = krum_scores(pairwise_sq_distances(updates), k)
+    # A stable sort keeps ties in index order, so the selection is deterministic.
+    chosen = torch.sort(scores, stable=True).indices[:m].sort().values
+    return updates[chosen].mean(dim=0), chosen
+
+
+class MultiKrum(Defense):
+    """Multi-Krum.
+
+    Args:
+        f: the assumed number of Byzantine clients.
+        m: rows averaged; ``None`` (default) uses ``n - f``.
+        neighbors: neighbours in the Krum score; ``None`` uses ``n - f - 2`` (Blanchard et al.).
+    """
+
+    def __init__(self, f: int, m: int | None = None, neighbors: int | None = None) -> None:
+        super().__init__()
+        if f < 0:
+            raise ConfigError(f"defense.f={f} is invalid: it must be >= 0.")
+        self.f, self.m, self.neighbors = f, m, neighbors
+
+    def check(self, n: int) -> None:
+        check_krum(n, self.f, self.neighbors, rule="multi_krum")
+        if self.m is not None and not 1 <= self.m <= n:
+            raise ConfigError(f"defense.m={self.m} is invalid for n={n}: it must be in [1, {n}].")
+
+    def __call__(self, updates: Tensor) -> Tensor:
+        out, chosen = multi_krum(updates, self.f, self.m, self.neighbors)
+        self.last_selected = chosen.cpu()
+        return out
