@@ -38,6 +38,14 @@ class Attack:
             )
         self.knowledge = knowledge
 
+    def bind(self, num_classes: int, input_shape: tuple[int, ...], input_max: float) -> None:
+        """Learn the data set's facts before any poisoning (the engine calls this once):
+        the number of classes, the input shape without the batch dimension, and the largest
+        input value (a trigger's "white")."""
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape)
+        self.input_max = float(input_max)
+
     def check(self, num_clients: int, num_byzantine: int) -> None:
         """Raise :class:`~robustfl.errors.ConfigError` when the attack cannot run with
         ``num_clients`` rows per round of which ``num_byzantine`` are Byzantine."""
@@ -67,3 +75,21 @@ class Attack:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+def mean_and_std(rows: Tensor, unbiased: bool = True) -> tuple[Tensor, Tensor]:
+    """Coordinate-wise mean and standard deviation of ``rows (m, d)``, each ``(d,)``.
+
+    ``unbiased=True`` is the sample std (divides by ``m - 1``; torch's default and what the
+    ALIE authors' PyTorch code computes), ``False`` the population std. With one row the std
+    is zero.
+    """
+    mu = rows.mean(dim=0)
+    if len(rows) < 2:
+        return mu, torch.zeros_like(mu)
+    return mu, rows.std(dim=0, unbiased=unbiased)
+
+
+def repeat_row(row: Tensor, count: int) -> Tensor:
+    """``(d,)`` -> ``(count, d)``: every Byzantine client sends the same crafted update."""
+    return row.unsqueeze(0).expand(count, -1).clone()

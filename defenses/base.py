@@ -127,9 +127,9 @@ PRE_AGGREGATORS: dict[str, str] = {
 
 
 def _instantiate(node: Any) -> Any:
-    from hydra.utils import instantiate
+    from robustfl.config import instantiate_option
 
-    return instantiate(node, _convert_="all")
+    return instantiate_option(node)
 
 
 def _build_pre(entry: Any, f: int | None) -> PreAggregator:

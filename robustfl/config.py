@@ -143,3 +143,32 @@ def to_container(cfg: DictConfig) -> dict:
     data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     data.pop("hydra", None)
     return data
+
+
+def instantiate_option(node: Any, **kwargs: Any) -> Any:
+    """Instantiate a group option (a mapping with ``_target_``).
+
+    Its ``name`` key is metadata, not a constructor argument. User errors raised by the target
+    (:class:`ConfigError`, :class:`~robustfl.errors.DataError`) come out as themselves, not
+    wrapped in Hydra's ``InstantiationException``, so the CLI can print them in one line.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from robustfl.errors import DataError
+
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    plain = dict(plain)
+    plain.pop("name", None)
+    try:
+        return instantiate(plain, _convert_="all", **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, ConfigError | DataError):
+            raise cause from None
+        if isinstance(cause, TypeError) and "argument" in str(cause):
+            target = plain.get("_target_", "?")
+            raise ConfigError(
+                f"{target}: {cause}. Check the option's keys against its docstring."
+            ) from None
+        raise

@@ -18,13 +18,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from attacks.base import Attack
 from defenses.base import Defense, build_defense
-from robustfl.config import to_container, validate
+from robustfl.config import instantiate_option, to_container, validate
 from robustfl.context import RoundContext
 from robustfl.data import Dataset
 from robustfl.errors import ConfigError
@@ -40,10 +39,8 @@ TIMERS = ("train_s", "attack_s", "aggregate_s", "eval_s")
 
 
 def build(node: DictConfig, **kwargs: Any) -> Any:
-    """Instantiate a group option; its ``name`` key is metadata, not a constructor argument."""
-    plain = OmegaConf.to_container(node, resolve=True)
-    plain.pop("name", None)
-    return instantiate(plain, _convert_="all", **kwargs)
+    """Instantiate a group option (see :func:`robustfl.config.instantiate_option`)."""
+    return instantiate_option(node, **kwargs)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -128,6 +125,7 @@ def setup(cfg: DictConfig) -> Simulation:
     is_byzantine = torch.zeros(fl.num_clients, dtype=torch.bool)
     is_byzantine[byzantine_ids] = True
 
+    attack.bind(dataset.num_classes, dataset.input_shape, float(dataset.x_train.max()))
     poison_gen = torch_generator(cfg.seed, "poison_data")
     client_parts = []
     for client, idx in enumerate(parts):
@@ -254,6 +252,11 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
         defense_generator=sim.generators["defense"],
         server_update=(lambda: server_update(sim)) if sim.root_data is not None else None,
     )
+    # The defense learns the round first, so an adaptive attack can simulate it as it will run.
+    tic = time.perf_counter()
+    sim.defense.prepare(ctx)
+    timers["aggregate_s"] += time.perf_counter() - tic
+
     tic = time.perf_counter()
     if len(byz_rows) and sim.attack.poisons_updates:
         dev_byz, dev_honest = byz_rows.to(sim.device), honest_rows.to(sim.device)
@@ -267,7 +270,6 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
     timers["attack_s"] += time.perf_counter() - tic
 
     tic = time.perf_counter()
-    sim.defense.prepare(ctx)
     aggregate = sim.defense(updates)
     selected = sim.defense.last_selected
     byz_selected = None

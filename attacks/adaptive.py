@@ -1,0 +1,107 @@
+"""An adaptive attack: searches, against the actual defense, the scale of a perturbation that
+pushes the aggregate furthest from the honest mean (generalizing the AGR-tailored attacks of
+Shejwalkar and Houmansadr 2021 to any defense, including ones added later)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from attacks.base import Attack, mean_and_std, repeat_row
+from robustfl.context import RoundContext
+from robustfl.errors import ConfigError
+
+Shape = Literal["alie", "ipm", "minmax"]
+
+
+def direction(rows: Tensor, shape: Shape, unbiased: bool = True) -> tuple[Tensor, Tensor]:
+    """``(mu, p)``: candidates are ``mu + gamma * p`` with ``p = -sigma`` (ALIE-shaped),
+    ``-mu`` (IPM-shaped: ``gamma = 1 + epsilon`` gives IPM's ``-epsilon mu``) or
+    ``-mu / ||mu||`` (min-max-shaped)."""
+    mu, sigma = mean_and_std(rows, unbiased)
+    if shape == "alie":
+        return mu, -sigma
+    if shape == "ipm":
+        return mu, -mu
+    if shape == "minmax":
+        return mu, -mu / torch.linalg.vector_norm(mu).clamp(min=torch.finfo(mu.dtype).tiny)
+    raise ConfigError(f"attack.shape={shape!r} is invalid: use 'alie', 'ipm' or 'minmax'.")
+
+
+class Adaptive(Attack):
+    """Line search over ``gamma`` maximizing ``||defense(U(gamma)) - mu||``, where ``U(gamma)``
+    is this round's matrix with every Byzantine row set to ``mu + gamma * p``.
+
+    The defense is queried through ``ctx.defense.simulate`` (state untouched). The search
+    evaluates a geometric grid of ``grid_size`` values in ``[gamma_min, gamma_max]`` (plus 0),
+    then ``refine`` times a finer grid between the neighbours of the best value.
+
+    Args:
+        shape: the perturbation (see :func:`direction`).
+        gamma_min, gamma_max, grid_size, refine: the search.
+        knowledge: ``omniscient`` (default; the attacker knows the honest updates and the
+            defense) or ``local``.
+    """
+
+    poisons_updates = True
+
+    def __init__(
+        self,
+        shape: Shape = "alie",
+        gamma_min: float = 0.01,
+        gamma_max: float = 100.0,
+        grid_size: int = 21,
+        refine: int = 2,
+        unbiased: bool = True,
+        knowledge: str = "omniscient",
+    ) -> None:
+        super().__init__(knowledge)
+        if shape not in ("alie", "ipm", "minmax"):
+            raise ConfigError(f"attack.shape={shape!r} is invalid: use 'alie', 'ipm' or 'minmax'.")
+        if not 0 < gamma_min < gamma_max:
+            raise ConfigError(
+                f"attack.gamma_min={gamma_min}, gamma_max={gamma_max}: need "
+                "0 < gamma_min < gamma_max."
+            )
+        if grid_size < 2 or refine < 0:
+            raise ConfigError("attack.grid_size must be >= 2 and attack.refine >= 0.")
+        self.shape, self.gamma_min, self.gamma_max = shape, gamma_min, gamma_max
+        self.grid_size, self.refine, self.unbiased = grid_size, refine, unbiased
+        self.last_gamma: float | None = None
+
+    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+        rows = self.observed(honest, byzantine)
+        mu, p = direction(rows, self.shape, self.unbiased)
+        matrix = torch.empty(
+            ctx.num_clients, honest.shape[1], dtype=honest.dtype, device=honest.device
+        )
+        is_byz = torch.zeros(ctx.num_clients, dtype=torch.bool, device=honest.device)
+        is_byz[ctx.byzantine_rows.to(honest.device)] = True
+        matrix[~is_byz] = honest
+
+        def damage(gamma: float) -> float:
+            matrix[is_byz] = mu + gamma * p
+            value = float(torch.linalg.vector_norm(ctx.defense.simulate(matrix) - mu))
+            return value if math.isfinite(value) else math.inf
+
+        grid = [
+            0.0,
+            *torch.logspace(
+                math.log10(self.gamma_min),
+                math.log10(self.gamma_max),
+                self.grid_size,
+                dtype=torch.float64,
+            ).tolist(),
+        ]
+        scores = [damage(g) for g in grid]
+        for _ in range(self.refine):
+            best = max(range(len(grid)), key=scores.__getitem__)
+            lo, hi = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+            finer = torch.linspace(lo, hi, 9, dtype=torch.float64).tolist()[1:-1]
+            grid += finer
+            scores += [damage(g) for g in finer]
+        self.last_gamma = grid[max(range(len(grid)), key=scores.__getitem__)]
+        return repeat_row(mu + self.last_gamma * p, len(byzantine))

@@ -1,0 +1,31 @@
+"""Inner product manipulation (Xie, Koyejo and Gupta 2020, UAI: "Fall of Empires")."""
+
+from torch import Tensor
+
+from attacks.base import Attack, repeat_row
+from robustfl.context import RoundContext
+from robustfl.errors import ConfigError
+
+
+class IPM(Attack):
+    """Every Byzantine client sends ``-epsilon * mu`` (``mu`` the mean of the observed honest
+    updates), making the aggregate's inner product with the true direction small or negative.
+
+    Args:
+        epsilon: the paper's small-epsilon setting 0.1 (default; it defeats Krum and median,
+            whose output stays near the honest rows). Against the plain mean an epsilon above
+            ``h / f`` reverses the direction. Peers' defaults: ByzFL 2.0, Blades 1.0,
+            FLPoison 0.1.
+    """
+
+    poisons_updates = True
+
+    def __init__(self, epsilon: float = 0.1, knowledge: str = "omniscient") -> None:
+        super().__init__(knowledge)
+        if epsilon <= 0:
+            raise ConfigError(f"attack.epsilon={epsilon} is invalid: it must be > 0.")
+        self.epsilon = epsilon
+
+    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+        mu = self.observed(honest, byzantine).mean(dim=0)
+        return repeat_row(-self.epsilon * mu, len(byzantine))

@@ -1,0 +1,98 @@
+"""Validation of user input: one clear message naming the key, before any training."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import FAST, REPO
+
+from robustfl.api import compose_config, run_experiment
+from robustfl.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("fl.num_clients=0", "fl.num_clients=0 is invalid"),
+        ("fl.rounds=-1", "fl.rounds=-1 is invalid"),
+        ("fl.num_byzantine=10", "fl.num_byzantine=10 is invalid"),
+        ("fl.clients_per_round=11", "fl.clients_per_round=11 is invalid"),
+        ("fl.lr=0", "fl.lr=0.0 is invalid"),
+        ("fl.momentum=1.0", "fl.momentum=1.0 is invalid"),
+        ("fl.batch_size=500", "fewer than fl.batch_size=500"),
+        ("partition=dirichlet partition.alpha=0", "partition.alpha=0"),
+        ("defense=krum fl.num_byzantine=4", "n > 2f + 2"),
+        ("defense=bulyan", "n >= 4f + 3"),
+        ("defense=trimmed_mean defense.b=5", "2b < n"),
+        ("dataset=mnist dataset.root=/nonexistent", "/nonexistent"),
+    ],
+)
+def test_invalid_values_are_rejected_before_training(tmp_path, override, message):
+    with pytest.raises((ConfigError, FileNotFoundError), match=message.replace("+", r"\+")):
+        run_experiment([*FAST, *override.split()], tmp_path)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_wrong_type_is_rejected_naming_the_key():
+    with pytest.raises(Exception, match="fl.rounds"):
+        compose_config(["fl.rounds=abc"])
+
+
+def run_cli(*args, cwd):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    return subprocess.run(
+        [sys.executable, "-m", "robustfl", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_runs_end_to_end_and_prints_one_result_line(tmp_path):
+    result = run_cli(
+        *FAST, "attack=alie", "defense=median", f"hydra.run.dir={tmp_path}/r", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith("alie vs median (seed 0): accuracy")
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["attack"] == "alie"
+    assert (tmp_path / "r" / ".hydra" / "config.yaml").exists()
+
+
+def test_cli_user_error_is_one_line_without_traceback(tmp_path):
+    result = run_cli(*FAST, "fl.num_byzantine=20", f"hydra.run.dir={tmp_path}/r", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "fl.num_byzantine=20 is invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "num_byzantine" in summary["reason"]
+
+
+def test_cli_wrong_type_and_unknown_option(tmp_path):
+    result = run_cli("fl.rounds=abc", cwd=tmp_path)
+    assert result.returncode != 0 and "fl.rounds" in result.stderr
+    result = run_cli("attack=nope", cwd=tmp_path)
+    assert result.returncode != 0 and "attack/nope" in result.stderr
+
+
+def test_multirun_isolates_a_failing_job(tmp_path):
+    result = run_cli(
+        "-m", *FAST, "defense=median,bulyan", f"hydra.sweep.dir={tmp_path}/s", cwd=tmp_path
+    )
+    assert result.returncode != 0  # the sweep reports its failure...
+    statuses = sorted(
+        json.loads(p.read_text())["status"] for p in (tmp_path / "s").glob("*/summary.json")
+    )
+    assert statuses == ["completed", "failed"]  # ...but the other job completed
+    assert "1 completed, 0 diverged, 1 failed" in result.stdout
+
+
+def test_installed_config_tree_is_found_from_any_folder(tmp_path):
+    cfg = compose_config(["dataset=synthetic", "model=cnn", "partition=shards"])
+    assert cfg.dataset.name == "synthetic" and cfg.model.name == "cnn"
+    assert (REPO / "robustfl" / "conf" / "config.yaml").exists()

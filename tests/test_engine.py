@@ -1,0 +1,133 @@
+import json
+import math
+
+import pytest
+import torch
+from conftest import FAST
+
+from robustfl.api import compose_config, run_experiment
+from robustfl.engine import setup
+from robustfl.results import read_metrics
+
+
+def test_default_config_without_attack_reaches_90_percent(run_dir):
+    summary = run_experiment(["attack=none", "progress=false"], run_dir)
+    assert summary["status"] == "completed"
+    assert summary["final"]["accuracy"] >= 0.90
+
+
+def test_results_files(run_dir):
+    summary = run_experiment([*FAST, "attack=sign_flip", "defense=median"], run_dir)
+    records = read_metrics(run_dir)
+    assert [r["round"] for r in records] == [2, 4]
+    for record in records:
+        for key in (
+            "accuracy",
+            "loss",
+            "robustness_error",
+            "time_train_s",
+            "time_attack_s",
+            "time_aggregate_s",
+            "time_eval_s",
+        ):
+            assert key in record
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert on_disk["status"] == "completed"
+    assert on_disk["final"]["accuracy"] == records[-1]["accuracy"]
+    assert len(on_disk["byzantine_ids"]) == 2
+    for key in ("train_s", "attack_s", "aggregate_s", "eval_s", "total_s"):
+        assert on_disk["timings"][key] >= 0
+    assert len(on_disk["partition_hash"]) == 16 and len(on_disk["config_hash"]) == 16
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
+    overrides = [
+        *FAST,
+        "attack=gaussian",
+        "defense=trimmed_mean",
+        "fl.momentum=0.9",
+        "fl.clients_per_round=7",
+    ]
+    a = run_experiment(overrides, tmp_path / "a")
+    b = run_experiment(overrides, tmp_path / "b")
+    c = run_experiment([*overrides, "seed=1"], tmp_path / "c")
+    strip = [
+        {k: v for k, v in r.items() if not k.startswith(("time_", "elapsed"))}
+        for r in read_metrics(tmp_path / "a")
+    ]
+    assert strip == [
+        {k: v for k, v in r.items() if not k.startswith(("time_", "elapsed"))}
+        for r in read_metrics(tmp_path / "b")
+    ]
+    assert a["config_hash"] == b["config_hash"] != c["config_hash"]
+    assert a["final"]["loss"] != c["final"]["loss"]
+
+
+def test_runs_differing_only_in_defense_are_paired(tmp_path):
+    a = run_experiment([*FAST, "partition=dirichlet", "defense=median"], tmp_path / "a")
+    b = run_experiment([*FAST, "partition=dirichlet", "defense=krum"], tmp_path / "b")
+    assert a["partition_hash"] == b["partition_hash"]
+    assert a["byzantine_ids"] == b["byzantine_ids"]
+    assert a["config_hash"] != b["config_hash"]
+
+
+def test_divergence_stops_the_run_and_keeps_metrics(run_dir):
+    summary = run_experiment(
+        [*FAST, "fl.rounds=6", "fl.eval_every=1", "attack=nonfinite", "defense=mean"], run_dir
+    )
+    assert summary["status"] == "diverged"
+    assert summary["rounds_completed"] == 1
+    records = read_metrics(run_dir)
+    assert len(records) == 1 and records[0]["accuracy"] is None
+
+
+def test_byzantine_rows_that_get_through_are_counted(run_dir):
+    summary = run_experiment([*FAST, "attack=gaussian", "attack.std=100", "defense=krum"], run_dir)
+    assert summary["byzantine_selected_share"] == 0.0
+    assert summary["final"]["accuracy"] > 0.5
+
+
+def test_client_momentum_persists_and_server_momentum_applies(tmp_path):
+    plain = run_experiment(FAST, tmp_path / "a")
+    with_momentum = run_experiment(
+        [*FAST, "fl.momentum=0.9", "fl.server_momentum=0.5"], tmp_path / "b"
+    )
+    assert plain["final"]["loss"] != with_momentum["final"]["loss"]
+    sim = setup(compose_config([*FAST, "fl.momentum=0.9"]))
+    assert sim.client_momentum is not None and sim.client_momentum.shape[0] == 10
+
+
+def test_client_sampling_draws_clients_per_round(run_dir):
+    summary = run_experiment([*FAST, "fl.clients_per_round=5", "defense=median"], run_dir)
+    assert summary["status"] == "completed"
+    counts = [r["num_byzantine"] for r in read_metrics(run_dir)]
+    assert all(0 <= c <= 2 for c in counts)
+
+
+def test_fltrust_gets_the_server_update_through_the_hook(run_dir):
+    summary = run_experiment(
+        [*FAST, "attack=sign_flip", "defense=fltrust", "defense.root_size=50"], run_dir
+    )
+    assert summary["status"] == "completed"
+    # Flipped rows have negative cosine with the server update: trust 0, never selected.
+    assert summary["byzantine_selected_share"] == 0.0
+
+
+def test_robustness_error_is_zero_for_mean_without_byzantine_clients(run_dir):
+    run_experiment([*FAST, "fl.num_byzantine=0"], run_dir)
+    assert all(r["robustness_error"] < 1e-5 for r in read_metrics(run_dir))
+    assert not math.isnan(read_metrics(run_dir)[-1]["loss"])
+
+
+def test_update_matrix_is_finite_float32():
+    sim = setup(compose_config(FAST))
+    assert sim.global_params.dtype == torch.float32
+    assert torch.isfinite(sim.global_params).all()
+
+
+@pytest.mark.parametrize("model", ["logreg", "mlp", "cnn"])
+def test_every_model_trains_end_to_end(tmp_path, model):
+    summary = run_experiment([*FAST, f"model={model}", "fl.rounds=6"], tmp_path / model)
+    assert summary["status"] == "completed"
+    assert summary["final"]["accuracy"] > 0.3

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from robustfl.errors import ConfigError
+from robustfl.models import cnn, init_model, logreg, mlp
+
+
+@pytest.mark.parametrize(
+    ("builder", "shape"),
+    [
+        (logreg, (64,)),
+        (mlp, (1, 8, 8)),
+        (cnn, (1, 8, 8)),
+        (cnn, (1, 28, 28)),
+        (cnn, (3, 32, 32)),
+        (cnn, (64,)),
+    ],
+)
+def test_models_map_inputs_to_class_logits(builder, shape):
+    model = builder(input_shape=shape, num_classes=7)
+    assert model(torch.randn(5, *shape)).shape == (5, 7)
+
+
+def test_mlp_hidden_widths_and_parameter_count():
+    model = mlp((1, 8, 8), 10, hidden=[32, 16])
+    expected = (64 * 32 + 32) + (32 * 16 + 16) + (16 * 10 + 10)
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_cnn_uses_group_norm_never_batch_norm():
+    model = cnn((1, 28, 28), 10, channels=[8, 16], groups=4)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert "GroupNorm" in kinds and not any("BatchNorm" in k for k in kinds)
+    assert not list(model.buffers())  # nothing functional_call would have to carry
+
+
+def test_model_validation_messages():
+    with pytest.raises(ConfigError, match="model.hidden"):
+        mlp((64,), 10, hidden=[0])
+    with pytest.raises(ConfigError, match="model=cnn needs image input"):
+        cnn((10,), 10)
+    with pytest.raises(ConfigError, match="model.groups"):
+        cnn((1, 8, 8), 10, channels=[6], groups=4)
+
+
+def test_init_model_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    a = init_model(mlp, (64,), 10, seed=7)
+    after = torch.rand(1)
+    b = init_model(mlp, (64,), 10, seed=7)
+    c = init_model(mlp, (64,), 10, seed=8)
+    assert torch.equal(before, after)
+    pa, pb, pc = (torch.nn.utils.parameters_to_vector(m.parameters()) for m in (a, b, c))
+    assert torch.equal(pa, pb) and not torch.equal(pa, pc)

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+
+from robustfl.errors import ConfigError
+from robustfl.partition import dirichlet, iid, partition_hash, shards
+
+LABELS = np.repeat(np.arange(10), 100)  # 1,000 samples, 10 balanced classes
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def check_is_partition(parts, total):
+    merged = np.concatenate(parts)
+    assert len(merged) == total
+    assert len(np.unique(merged)) == total  # disjoint and covering
+
+
+def test_iid_is_a_balanced_partition_with_iid_labels():
+    parts = iid(LABELS, 10, rng())
+    check_is_partition(parts, len(LABELS))
+    assert {len(p) for p in parts} == {100}
+    # Every client sees (nearly) every class: label histograms close to uniform.
+    for p in parts:
+        counts = np.bincount(LABELS[p], minlength=10)
+        assert counts.min() >= 2 and counts.max() <= 25
+
+
+def test_dirichlet_small_alpha_concentrates_labels_large_alpha_spreads_them():
+    def mean_dominant_share(alpha):
+        parts = dirichlet(LABELS, 10, rng(1), alpha=alpha)
+        check_is_partition(parts, len(LABELS))
+        return np.mean([np.bincount(LABELS[p], minlength=10).max() / len(p) for p in parts])
+
+    skewed, spread = mean_dominant_share(0.05), mean_dominant_share(100.0)
+    assert skewed > 0.6
+    assert spread < 0.25
+
+
+def test_dirichlet_respects_min_size_or_explains():
+    parts = dirichlet(LABELS, 10, rng(2), alpha=0.5, min_size=16)
+    assert min(len(p) for p in parts) >= 16
+    with pytest.raises(ConfigError, match="partition.alpha"):
+        dirichlet(LABELS, 10, rng(), alpha=0.0)
+    with pytest.raises(ConfigError, match="raise partition.alpha"):
+        dirichlet(LABELS, 100, rng(), alpha=0.01, min_size=10, max_tries=3)
+
+
+def test_shards_give_each_client_at_most_shards_per_client_labels():
+    parts = shards(LABELS, 10, rng(3), shards_per_client=2)
+    check_is_partition(parts, len(LABELS))
+    for p in parts:
+        assert len(np.unique(LABELS[p])) <= 2
+    with pytest.raises(ConfigError, match="shards_per_client"):
+        shards(LABELS, 10, rng(), shards_per_client=0)
+
+
+def test_partitions_are_deterministic_and_hash_differs_between_them():
+    a, b = iid(LABELS, 10, rng(5)), iid(LABELS, 10, rng(5))
+    assert partition_hash(a) == partition_hash(b)
+    assert partition_hash(a) != partition_hash(iid(LABELS, 10, rng(6)))
