@@ -166,20 +166,20 @@ def _build_pre(entry: Any, f: int | None) -> PreAggregator:
 
 
 def build_defense(node: Any) -> Defense:
-    """Build a defense from its config node (``name`` is metadata; ``pre`` lists pre-aggregators)."""
-    from omegaconf import OmegaConf
+    """Build a defense from its config node or a plain mapping (``name`` is metadata; ``pre``
+    lists pre-aggregators, each built with the rule's ``f`` unless it sets its own)."""
+    from omegaconf import DictConfig, OmegaConf
 
-    node = (
-        OmegaConf.create(OmegaConf.to_container(node, resolve=True)) if node is not None else node
+    plain = (
+        OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
     )
-    pre_entries = node.pop("pre", None) or []
-    node.pop("name", None)
-    rule = _instantiate(node)
+    pre_entries = plain.pop("pre", None) or []
+    plain.pop("name", None)
+    rule = _instantiate(plain)
     if not isinstance(rule, Defense):
         raise ConfigError(
-            f"defense._target_={node._target_} did not build a defenses.base.Defense."
+            f"defense._target_={plain.get('_target_')} did not build a defenses.base.Defense."
         )
     if not pre_entries:
         return rule
-    f = node.get("f")
-    return Pipeline([_build_pre(entry, f) for entry in pre_entries], rule)
+    return Pipeline([_build_pre(entry, plain.get("f")) for entry in pre_entries], rule)

@@ -20,7 +20,8 @@ def geometric_median(
 ) -> tuple[Tensor, int]:
     """Approximate ``argmin_v sum_i a_i ||v - u_i||`` of ``updates (n, d)`` -> ``(d,)``.
 
-    Smoothed Weiszfeld (RFA, Algorithm 2): starting from the weighted mean,
+    Smoothed Weiszfeld (RFA, Algorithm 2): starting from the weighted mean (or, if huge rows
+    make its distances overflow, from the finite row of median norm),
     ``v <- sum_i b_i u_i / sum_i b_i`` with ``b_i = a_i / max(nu, ||v - u_i||)``, until the
     objective improves by less than ``tol`` relative to its value, or ``iterations`` passes.
     Rows with a non-finite entry get weight 0 (an infinitely distant point has no pull).
@@ -36,13 +37,19 @@ def geometric_median(
     points = torch.where(
         finite[:, None], updates, torch.zeros((), dtype=updates.dtype, device=updates.device)
     )
-    estimate = alpha @ points / alpha.sum()
 
     def distances(v: Tensor) -> Tensor:
         dist = torch.linalg.vector_norm(points - v, dim=1)
         return torch.where(torch.isfinite(dist), dist, torch.full_like(dist, torch.inf))
 
+    estimate = alpha @ points / alpha.sum()
     dist = distances(estimate)
+    if not bool(torch.isfinite(dist[alpha > 0]).all()):
+        # Huge rows pulled the mean so far that distances overflow: start instead from the
+        # finite row of median norm (the fixed point does not depend on the start).
+        norms = torch.linalg.vector_norm(points, dim=1).masked_fill(alpha <= 0, torch.inf)
+        estimate = points[torch.sort(norms, stable=True).indices[(int((alpha > 0).sum()) - 1) // 2]]
+        dist = distances(estimate)
     objective = float((alpha * torch.where(alpha > 0, dist, 0.0)).sum())
     done = 0
     for done in range(1, iterations + 1):  # noqa: B007 - the count is returned

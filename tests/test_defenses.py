@@ -1,0 +1,373 @@
+"""Every rule against hand-computed outputs, an independent loop-based reference, properties
+(hypothesis), and hostile input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import reference_rules as ref
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from defenses.base import Pipeline, build_defense
+from defenses.bucketing import Bucketing, bucketing
+from defenses.bulyan import Bulyan, bulyan
+from defenses.centered_clipping import CenteredClipping
+from defenses.clipping import Clipping, arc_threshold
+from defenses.dnc import dnc
+from defenses.fltrust import fltrust
+from defenses.foolsgold import FoolsGold
+from defenses.geomed import GeometricMedian, geometric_median
+from defenses.krum import Krum, krum
+from defenses.mean import Mean, mean
+from defenses.median import Median, median
+from defenses.multi_krum import MultiKrum, multi_krum
+from defenses.nnm import nearest_neighbor_mixing
+from defenses.norm_bound import NormBound
+from defenses.trimmed_mean import TrimmedMean, trimmed_mean
+from robustfl.errors import ConfigError
+from robustfl.linalg import pairwise_sq_distances
+
+
+def t(rows):
+    return torch.tensor(rows, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- hand-computed
+
+
+def test_median_odd_and_even():
+    assert median(t([[1, 5], [2, 3], [10, -1]])).tolist() == [2, 3]
+    assert median(t([[1], [2], [3], [10]])).tolist() == [2.5]  # mean of the middle two
+
+
+def test_trimmed_mean_drops_b_per_side():
+    assert trimmed_mean(t([[1], [2], [3], [100]]), b=1).tolist() == [2.5]
+    assert trimmed_mean(t([[1, 0], [2, 0], [3, 9]]), b=0).tolist() == [2, 3]
+
+
+def test_krum_hand_example_uses_squared_distances():
+    # 1-D points. Row 1 scores 1 + 2.25 = 3.25 (neighbours 0 and 2.5); row 2 scores 4.5.
+    rows = t([[0], [1], [2.5], [4], [100]])
+    out, index = krum(rows, f=1)
+    assert index == 1 and out.tolist() == [1]
+    # Squaring the squared distances again would pick differently here: A (dists 1, 3) sums
+    # 1 + 9 = 10 < B (2, 2.5) 4 + 6.25 = 10.25, but 1 + 81 > 16 + 39.
+    rows = t([[0], [1], [-3], [10], [12], [14.5], [100]])
+    assert ref.krum_index(rows.tolist(), 2) == krum(rows, 2)[1]
+
+
+def test_centered_clipping_hand_example_and_state():
+    rule = CenteredClipping(tau=1.0, iterations=1)
+    out = rule(t([[3, 4], [0, 0.5]]))  # clip([3,4]) = [0.6, 0.8]
+    torch.testing.assert_close(out, t([0.3, 0.65]))
+    out2 = rule(t([[0.3, 0.65], [0.3, 0.65]]))  # centered at the previous aggregate: no move
+    torch.testing.assert_close(out2, t([0.3, 0.65]))
+    rule.reset()
+    assert rule.center is None
+
+
+def test_norm_bound_clips_then_averages():
+    out = NormBound(M=1.0)(t([[3, 4], [0, 0.5]]))
+    torch.testing.assert_close(out, t([0.3, 0.65]))
+
+
+def test_fltrust_hand_example():
+    out, scores = fltrust(t([[2, 0], [0, 1], [-1, 0]]), t([1, 0]))
+    assert scores.tolist() == [1, 0, 0]
+    torch.testing.assert_close(out, t([1, 0]))  # [2,0] rescaled to ||g0|| = 1
+
+
+def test_nnm_hand_example():
+    out = nearest_neighbor_mixing(t([[0], [1], [10]]), f=1)
+    assert out.flatten().tolist() == [0.5, 0.5, 5.5]
+
+
+def test_arc_clips_the_k_largest_to_the_next_norm():
+    norms = torch.tensor([1.0, 2.0, 3.0, 4.0, 50.0])
+    assert float(arc_threshold(norms, f=1)) == 4.0  # k = floor(2 * 1/5 * 4) = 1
+    out = Clipping(adaptive=True, f=1)(torch.diag(norms))
+    assert torch.linalg.vector_norm(out, dim=1).tolist() == [1, 2, 3, 4, 4]
+    assert arc_threshold(norms, f=0) is None
+
+
+def test_static_clipping_bounds_norms_and_keeps_small_rows():
+    rows = t([[3, 4], [0.1, 0.1]])
+    out = Clipping(c=1.0)(rows)
+    torch.testing.assert_close(out, t([[0.6, 0.8], [0.1, 0.1]]))
+
+
+def test_mean_weighted_by_sample_counts():
+    rows = t([[0], [3]])
+    assert mean(rows, torch.tensor([2.0, 1.0])).tolist() == [1.0]
+
+
+# --------------------------------------------------------------------------- vs references
+
+
+def random_rows(seed, n, d, spread=1.0):
+    return torch.from_numpy(
+        np.random.default_rng(seed).normal(0, spread, (n, d)).astype(np.float32)
+    )
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_krum_multikrum_bulyan_nnm_match_loop_references(seed):
+    rows = random_rows(seed, 11, 4)
+    rows[:2] += 5.0  # two outliers
+    listed = rows.double().tolist()
+    assert krum(rows, 2)[1] == ref.krum_index(listed, 2)
+    out, chosen = multi_krum(rows, 2, m=6)
+    want, want_chosen = ref.multi_krum(listed, 2, 6)
+    assert chosen.tolist() == want_chosen
+    torch.testing.assert_close(out.double(), torch.tensor(want), rtol=1e-5, atol=1e-6)
+    out, chosen = bulyan(rows, 2)
+    want, want_chosen = ref.bulyan(listed, 2)
+    assert chosen.tolist() == want_chosen
+    torch.testing.assert_close(out.double(), torch.tensor(want), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        nearest_neighbor_mixing(rows, 2).double(),
+        torch.tensor(ref.nnm(listed, 2)),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_krum_is_right_where_the_plain_gram_trick_cancels():
+    """Rows 10 + 1e-3 * noise (late training): float32 Gram distances without centering pick the
+    wrong row; ours must match a float64 computation."""
+    wrong_plain = 0
+    for seed in range(10):
+        rows = 10 + 1e-3 * random_rows(seed, 20, 5000)
+        truth = krum(rows.double(), 3)[1]
+        assert krum(rows, 3)[1] == truth
+        exact = pairwise_sq_distances(rows.double())
+        err = (pairwise_sq_distances(rows).double() - exact).abs().max() / exact.max()
+        assert err < 1e-4
+        sq = (rows * rows).sum(1)
+        plain = (sq[:, None] + sq[None, :] - 2 * rows @ rows.T).clamp(min=0)
+        plain.fill_diagonal_(math.inf)
+        plain_pick = int(plain.topk(15, largest=False).values.sum(1).argmin())
+        wrong_plain += plain_pick != truth
+    assert wrong_plain >= 5  # the hazard is real, so the test above means something
+
+
+def test_geometric_median_satisfies_its_optimality_condition():
+    rows = random_rows(0, 15, 6).double()
+    rows[:3] += 30
+    v, _ = geometric_median(rows, nu=1e-12, iterations=1000, tol=1e-14)
+    unit = (v - rows) / torch.linalg.vector_norm(v - rows, dim=1, keepdim=True)
+    assert float(torch.linalg.vector_norm(unit.sum(0))) < 1e-4
+    assert geometric_median(t([[0], [1], [10]]), nu=1e-9, iterations=500, tol=0)[
+        0
+    ].item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_dnc_removes_outliers_along_the_top_direction():
+    rows = random_rows(1, 10, 50, spread=0.01) + 1.0
+    rows[:2, 0] += 10.0
+    out, kept = dnc(rows, f=2, generator=torch.Generator().manual_seed(0), niters=3, b=20)
+    assert not set(kept.tolist()) & {0, 1}
+    torch.testing.assert_close(out, rows[2:].mean(0), rtol=0, atol=0.02)
+
+
+def test_foolsgold_zeroes_sybils_and_keeps_diverse_clients():
+    rule = FoolsGold()
+    honest = random_rows(2, 5, 30)
+    sybil = random_rows(3, 1, 30).expand(3, -1)
+    for _ in range(3):
+        rule(torch.cat([honest, sybil]))
+    weights = rule.last_weights
+    assert weights[5:].max() == 0
+    assert (weights[:5] > 0).all()
+
+
+def test_bucketing_averages_groups_of_s():
+    rows = t([[1.0], [2.0], [3.0], [4.0], [5.0]])
+    out = bucketing(rows, s=2, generator=torch.Generator().manual_seed(0))
+    assert out.shape == (3, 1)
+    values = out.flatten().tolist()
+    # Two pair means and one singleton: the singleton v satisfies 2 * (sum - v) + v = 15.
+    singles = [v for v in values if v in (1, 2, 3, 4, 5) and 2 * (sum(values) - v) + v == 15]
+    assert singles
+    pair_means = {(a + b) / 2 for a in range(1, 6) for b in range(a + 1, 6)}
+    assert all(v in pair_means for v in values if v != singles[0])
+
+
+# --------------------------------------------------------------------------- properties
+
+finite_floats = st.floats(-100, 100, allow_nan=False, width=32)
+
+
+def matrices(min_rows=7, max_rows=12, max_cols=5):
+    return st.integers(min_rows, max_rows).flatmap(
+        lambda n: st.integers(1, max_cols).flatmap(
+            lambda d: arrays(np.float32, (n, d), elements=finite_floats)
+        )
+    )
+
+
+PERMUTATION_INVARIANT = {
+    "mean": lambda u: mean(u),
+    "median": median,
+    "trimmed_mean": lambda u: trimmed_mean(u, 2),
+    "geomed": lambda u: geometric_median(u.double(), iterations=50)[0].float(),
+    "norm_bound": NormBound(M=5.0),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(matrices(), st.randoms(use_true_random=False))
+def test_permutation_invariance(array, rnd):
+    u = torch.from_numpy(array)
+    order = list(range(len(u)))
+    rnd.shuffle(order)
+    for name, rule in PERMUTATION_INVARIANT.items():
+        torch.testing.assert_close(rule(u), rule(u[order]), rtol=1e-4, atol=1e-3, msg=name)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_selection_rules_are_permutation_invariant_without_ties(seed):
+    """Krum-based rules break score ties by row index, so invariance holds for distinct scores
+    (almost surely for continuous data). Bulyan is left out: its last Krum passes score over
+    few neighbours (down to f - 1), where mutual nearest neighbours tie exactly."""
+    u = random_rows(seed, 13, 5)
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(13))
+    for rule in (
+        lambda m: krum(m, 3)[0],
+        lambda m: multi_krum(m, 3)[0],
+        lambda m: nearest_neighbor_mixing(m, 3).sum(0),
+    ):
+        torch.testing.assert_close(rule(u), rule(u[order]), rtol=1e-5, atol=1e-5)
+
+
+EQUIVARIANT = {
+    "mean": lambda u: mean(u),
+    "median": median,
+    "trimmed_mean": lambda u: trimmed_mean(u, 2),
+    "krum": lambda u: krum(u.double(), 2)[0],
+    "bulyan": lambda u: bulyan(u.double(), 1)[0],
+    "geomed": lambda u: geometric_median(u.double(), nu=1e-12, iterations=300, tol=1e-12)[0],
+}
+
+
+@settings(max_examples=30, deadline=None)
+@given(matrices(), st.floats(-50, 50), st.floats(0.1, 10))
+def test_translation_and_scale_equivariance(array, shift, scale):
+    u = torch.from_numpy(array).double()
+    for name, rule in EQUIVARIANT.items():
+        base = rule(u).double()
+        torch.testing.assert_close(
+            rule(u + shift).double(), base + shift, rtol=1e-5, atol=1e-3, msg=name
+        )
+        torch.testing.assert_close(
+            rule(u * scale).double(), base * scale, rtol=1e-5, atol=1e-3 * scale, msg=name
+        )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(np.float32, (9, 4), elements=finite_floats),
+    arrays(np.float32, (3, 4), elements=st.floats(width=32, allow_nan=True, allow_infinity=True)),
+)
+def test_coordinatewise_rules_stay_inside_the_honest_range(honest, byzantine):
+    u = torch.from_numpy(np.concatenate([honest, byzantine]))
+    lo, hi = honest.min(0), honest.max(0)
+    for out in (median(u), trimmed_mean(u, 3), bulyan(u, 2)[0]):
+        assert (out.numpy() >= lo - 1e-4).all() and (out.numpy() <= hi + 1e-4).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(matrices())
+def test_krum_outputs_one_of_the_rows(array):
+    u = torch.from_numpy(array)
+    out, index = krum(u, 2)
+    assert torch.equal(out, u[index])
+
+
+# --------------------------------------------------------------------------- hostile input
+
+ROBUST = {
+    "median": Median(),
+    "trimmed_mean": TrimmedMean(f=3),
+    "krum": Krum(f=3),
+    "multi_krum": MultiKrum(f=3),
+    "bulyan": Bulyan(f=3),
+    "geomed": GeometricMedian(),
+    "centered_clipping": CenteredClipping(tau=10.0),
+    "norm_bound": NormBound(M=10.0),
+    "nnm+trimmed_mean": build_defense(
+        {"_target_": "defenses.trimmed_mean.TrimmedMean", "f": 3, "pre": ["nnm"]}
+    ),
+    "arc+median": build_defense(
+        {
+            "_target_": "defenses.median.Median",
+            "pre": [{"name": "clipping", "adaptive": True, "f": 3}],
+        }
+    ),
+}
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf, 1e30])
+@pytest.mark.parametrize("name", list(ROBUST))
+def test_non_finite_or_huge_rows_are_outliers(name, bad):
+    honest = random_rows(4, 12, 6)
+    u = torch.cat([honest, torch.full((3, 6), bad)])
+    out = ROBUST[name](u)
+    assert torch.isfinite(out).all(), name
+    if name in ("median", "trimmed_mean", "bulyan", "krum", "multi_krum", "nnm+trimmed_mean"):
+        assert (out >= honest.min(0).values - 1e-5).all()
+        assert (out <= honest.max(0).values + 1e-5).all()
+    assert float(torch.linalg.vector_norm(out - honest.mean(0))) < 10
+
+
+@pytest.mark.parametrize("name", list(ROBUST))
+def test_identical_rows_give_that_row(name):
+    row = random_rows(5, 1, 6)
+    out = ROBUST[name](row.expand(15, -1).clone())
+    torch.testing.assert_close(out, row[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", [Mean(), Median(), GeometricMedian(), TrimmedMean(f=0)])
+def test_single_row(rule):
+    row = t([[1.0, -2.0]])
+    torch.testing.assert_close(rule(row), row[0])
+
+
+# --------------------------------------------------------------------------- preconditions
+
+
+@pytest.mark.parametrize(
+    ("rule", "n", "message"),
+    [
+        (Krum(f=2), 6, "n > 2f + 2"),
+        (MultiKrum(f=2), 6, "n > 2f + 2"),
+        (Bulyan(f=2), 10, "n >= 4f + 3"),
+        (TrimmedMean(f=3), 6, "2b < n"),
+    ],
+)
+def test_preconditions_name_the_numbers(rule, n, message):
+    with pytest.raises(ConfigError, match=message.replace("+", r"\+")) as error:
+        rule.check(n)
+    assert f"n={n}" in str(error.value)
+    rule.check(20)
+
+
+def test_pipeline_composes_and_checks_the_reduced_row_count():
+    rule = build_defense(
+        {
+            "_target_": "defenses.krum.Krum",
+            "f": 2,
+            "name": "krum",
+            "pre": [{"name": "bucketing", "s": 2}],
+        }
+    )
+    assert isinstance(rule, Pipeline) and isinstance(rule.pre[0], Bucketing)
+    with pytest.raises(ConfigError, match="n=5"):
+        rule.check(10)  # 10 rows -> 5 buckets, and Krum with f=2 needs n > 6
+    with pytest.raises(ConfigError, match="unknown"):
+        build_defense({"_target_": "defenses.mean.Mean", "pre": ["nope"]})
