@@ -28,3 +28,12 @@ FAST = [
     "fl.eval_every=2",
     "progress=false",
 ]
+
+
+def pytest_configure(config):
+    # Parallel workers (pytest-xdist) share the 2 cores: one torch thread each avoids the
+    # oversubscription that made a 2-worker run ~9x slower than a serial one.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

@@ -1,0 +1,256 @@
+"""Every attack against its definition on small hand-made matrices, with expected values
+computed independently (numpy / scipy, explicit loops)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+
+from attacks.adaptive import Adaptive
+from attacks.alie import ALIE, alie_z
+from attacks.backdoor import Backdoor, stamp
+from attacks.fang import Fang
+from attacks.gaussian import Gaussian
+from attacks.ipm import IPM
+from attacks.label_flip import LabelFlip
+from attacks.mimic import Mimic
+from attacks.minmax import MinMax, halving_search
+from attacks.minsum import MinSum
+from attacks.nonfinite import NonFinite
+from attacks.sign_flip import SignFlip
+from defenses.centered_clipping import CenteredClipping
+from defenses.krum import krum
+from defenses.median import Median
+from robustfl.context import RoundContext
+from robustfl.errors import ConfigError
+
+
+def context(n, f, defense=None, seed=0, byzantine_rows=None):
+    rows = torch.arange(n - f, n) if byzantine_rows is None else torch.tensor(byzantine_rows)
+    return RoundContext(round=0, defense=defense, global_params=torch.zeros(1),
+                        generator=torch.Generator().manual_seed(seed), num_clients=n,
+                        num_byzantine=f, byzantine_rows=rows,
+                        sample_counts=torch.ones(n), client_ids=torch.arange(n))
+
+
+def matrices(seed=0, h=8, f=3, d=6):
+    rng = np.random.default_rng(seed)
+    honest = rng.normal(0.5, 1.0, (h, d)).astype(np.float32)
+    byz = rng.normal(0.5, 1.0, (f, d)).astype(np.float32)
+    return torch.from_numpy(honest), torch.from_numpy(byz)
+
+
+def test_sign_flip():
+    honest, byz = matrices()
+    out = SignFlip(scale=2.0).poison_updates(honest, byz, context(11, 3))
+    np.testing.assert_allclose(out.numpy(), -2.0 * byz.numpy())
+
+
+def test_gaussian_is_seeded_noise_with_the_given_std():
+    honest, _ = matrices()
+    byz = torch.zeros(3, 20000)
+    a = Gaussian(std=3.0).poison_updates(honest, byz, context(11, 3, seed=1))
+    b = Gaussian(std=3.0).poison_updates(honest, byz, context(11, 3, seed=1))
+    assert torch.equal(a, b)
+    assert abs(float(a.std()) - 3.0) < 0.05 and abs(float(a.mean())) < 0.05
+
+
+def test_label_flip_maps_y_to_c_minus_1_minus_y():
+    attack = LabelFlip()
+    attack.bind(10, (64,), 1.0)
+    x, y = torch.zeros(4, 64), torch.tensor([0, 3, 9, 5])
+    _, flipped = attack.poison_data(x, y, torch.Generator())
+    assert flipped.tolist() == [9, 6, 0, 4]
+
+
+@pytest.mark.parametrize(("n", "f"), [(20, 4), (25, 5), (50, 10), (11, 2)])
+def test_alie_z_formulas(n, f):
+    s = np.floor(n / 2 + 1) - f
+    assert alie_z(n, f, "paper") == pytest.approx(norm.ppf((n - s) / n), abs=1e-9)
+    assert alie_z(n, f, "bucketing") == pytest.approx(norm.ppf((n - f - s) / (n - f)), abs=1e-9)
+
+
+def test_alie_z_known_value():
+    assert alie_z(20, 4) == pytest.approx(0.38532, abs=1e-5)  # Phi^-1(13/20)
+
+
+def test_alie_rows_are_mean_minus_z_std():
+    honest, byz = matrices()
+    out = ALIE().poison_updates(honest, byz, context(11, 3))
+    z = alie_z(11, 3)
+    h = honest.numpy().astype(np.float64)
+    expected = h.mean(0) - z * h.std(0, ddof=1)
+    for row in out.numpy():
+        np.testing.assert_allclose(row, expected, rtol=1e-5, atol=1e-6)
+    fixed = ALIE(z=1.5, unbiased=False).poison_updates(honest, byz, context(11, 3))
+    np.testing.assert_allclose(fixed[0].numpy(), h.mean(0) - 1.5 * h.std(0), rtol=1e-5, atol=1e-6)
+    local = ALIE(knowledge="local").poison_updates(honest, byz, context(11, 3))
+    b = byz.numpy().astype(np.float64)
+    np.testing.assert_allclose(local[0].numpy(), b.mean(0) - z * b.std(0, ddof=1), rtol=1e-5,
+                               atol=1e-6)
+
+
+def test_alie_undefined_z_is_a_clear_error():
+    with pytest.raises(ConfigError, match="set attack.z"):
+        ALIE().check(4, 3)
+
+
+def test_ipm():
+    honest, byz = matrices()
+    out = IPM(epsilon=0.5).poison_updates(honest, byz, context(11, 3))
+    np.testing.assert_allclose(out[1].numpy(), -0.5 * honest.numpy().mean(0), rtol=1e-5)
+
+
+def loop_max_distance(point, rows):
+    return max(np.sum((point - r) ** 2) for r in rows)
+
+
+def loop_sum_distance(point, rows):
+    return sum(np.sum((point - r) ** 2) for r in rows)
+
+
+def honest_diameter(rows):
+    return max(np.sum((a - b) ** 2) for a in rows for b in rows)
+
+
+def honest_max_sum(rows):
+    return max(sum(np.sum((a - b) ** 2) for b in rows) for a in rows)
+
+
+@pytest.mark.parametrize("perturbation", ["unit_vec", "std", "sign"])
+@pytest.mark.parametrize("search", ["halving", "exact"])
+def test_minmax_gamma_is_the_largest_satisfying_the_constraint(perturbation, search):
+    honest, byz = matrices(seed=3)
+    attack = MinMax(perturbation=perturbation, search=search)
+    out = attack.poison_updates(honest, byz, context(11, 3))
+    h = honest.numpy().astype(np.float64)
+    bound = honest_diameter(h)
+    mu = h.mean(0)
+    p = (out[0].numpy().astype(np.float64) - mu) / attack.last_gamma
+    gamma = attack.last_gamma
+    assert gamma > 0.01
+    assert loop_max_distance(mu + gamma * p, h) <= bound * (1 + 1e-6)
+    assert loop_max_distance(mu + gamma * 1.001 * p, h) > bound
+    assert torch.equal(out[0], out[2])
+
+
+@pytest.mark.parametrize("search", ["halving", "exact"])
+def test_minsum_gamma_is_the_largest_satisfying_the_constraint(search):
+    honest, byz = matrices(seed=4)
+    attack = MinSum(perturbation="std", search=search)
+    out = attack.poison_updates(honest, byz, context(11, 3))
+    h = honest.numpy().astype(np.float64)
+    mu = h.mean(0)
+    gamma = attack.last_gamma
+    p = (out[0].numpy().astype(np.float64) - mu) / gamma
+    bound = honest_max_sum(h)
+    assert loop_sum_distance(mu + gamma * p, h) <= bound * (1 + 1e-6)
+    assert loop_sum_distance(mu + gamma * 1.001 * p, h) > bound
+
+
+def test_halving_search_matches_a_known_boundary():
+    assert halving_search(lambda g: g <= 3.3, 10.0, 1e-6) == pytest.approx(3.3, abs=1e-5)
+    assert halving_search(lambda g: False, 10.0, 1e-6) == 0.0
+
+
+def test_minmax_fixed_gamma():
+    honest, byz = matrices()
+    out = MinMax(gamma=2.0, perturbation="sign").poison_updates(honest, byz, context(11, 3))
+    mu = honest.mean(0)
+    torch.testing.assert_close(out[0], mu - 2.0 * torch.sign(mu))
+
+
+def test_mimic_copies_one_honest_row_the_paper_heuristic_picks():
+    honest, byz = matrices(seed=5)
+    attack = Mimic()
+    out = attack.poison_updates(honest, byz, context(11, 3))
+    matches = [i for i in range(len(honest)) if torch.equal(out[0], honest[i])]
+    assert len(matches) == 1 and torch.equal(out[0], out[2])
+    # The chosen row has the largest projection on the (estimated) top variance direction.
+    centered = honest - honest.mean(0)
+    assert matches[0] == int(torch.argmax(centered @ attack.direction))
+    fixed = Mimic(victim=2).poison_updates(honest, byz, context(11, 3))
+    assert torch.equal(fixed[1], honest[2])
+
+
+def test_fang_krum_row_is_selected_by_krum():
+    honest, byz = matrices(seed=6, h=10, f=3)
+    attack = Fang(variant="krum")
+    out = attack.poison_updates(honest, byz, context(13, 3))
+    _, index = krum(torch.cat([honest, out]), 3)
+    assert index >= 10  # Krum picks a crafted row
+    mu = honest.mean(0)
+    torch.testing.assert_close(out[0], -attack.last_lambda * torch.sign(mu))
+    assert attack.last_lambda > 0
+
+
+def test_fang_trimmed_mean_rows_lie_beyond_the_honest_range_against_the_sign():
+    honest, byz = matrices(seed=7)
+    out = Fang(variant="trimmed_mean").poison_updates(honest, byz, context(11, 3)).numpy()
+    h = honest.numpy()
+    up = h.mean(0) > 0
+    lo, hi = h.min(0), h.max(0)
+    for row in out:
+        assert np.all(np.where(up, row <= lo + 1e-6, row >= hi - 1e-6))
+        width = np.where(up, np.abs(lo), np.abs(hi))  # within b = 2 of the extreme
+        assert np.all(np.where(up, row >= lo - width - 1e-6, row <= hi + width + 1e-6))
+
+
+def test_backdoor_poisons_a_fraction_and_builds_the_triggered_test_set():
+    attack = Backdoor(target=1, fraction=0.5, trigger_size=2)
+    attack.bind(10, (1, 8, 8), 3.0)
+    x, y = torch.zeros(10, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
+    px, py = attack.poison_data(x, y, torch.Generator().manual_seed(0))
+    stamped = (px[:, 0, -2:, -2:] == 3.0).all(dim=(1, 2))
+    assert int(stamped.sum()) == 5 and (py[stamped] == 1).all()
+    assert torch.equal(py[~stamped], y[~stamped]) and (px[~stamped] == 0).all()
+    tx, ty = attack.backdoor_test_set(x, y)
+    assert len(ty) == 9 and (ty == 1).all() and (tx[:, 0, -2:, -2:] == 3.0).all()
+    flat = stamp(torch.zeros(2, 5), 2, 7.0)
+    assert flat.tolist() == [[0, 0, 0, 7, 7]] * 2
+    boosted = Backdoor(boost=4.0)
+    assert boosted.poisons_updates
+    torch.testing.assert_close(boosted.poison_updates(None, torch.ones(2, 3), None),
+                               4 * torch.ones(2, 3))
+
+
+def test_nonfinite_rows():
+    honest, byz = matrices()
+    assert torch.isnan(NonFinite().poison_updates(honest, byz, context(11, 3))).all()
+    assert torch.isposinf(NonFinite("inf").poison_updates(honest, byz, context(11, 3))).all()
+
+
+def test_adaptive_beats_fixed_scales_and_leaves_the_defense_state_alone():
+    honest, byz = matrices(seed=8, h=14, f=6, d=10)
+    defense = CenteredClipping(tau=0.5)
+    defense(torch.cat([honest, byz]))  # give it state
+    state = defense.center.clone()
+    attack = Adaptive(shape="alie")
+    ctx = context(20, 6, defense=defense)
+    out = attack.poison_updates(honest, byz, ctx)
+    assert torch.equal(defense.center, state)
+    mu = honest.mean(0)
+
+    def damage(rows):
+        return float(torch.linalg.vector_norm(defense.simulate(torch.cat([honest, rows])) - mu))
+
+    best = damage(out)
+    for gamma in (0.0, 0.5, 1.0, alie_z(20, 6)):
+        sigma = honest.std(0)
+        assert best >= damage((mu - gamma * sigma).expand(6, -1)) - 1e-6
+    assert Adaptive(shape="ipm").poison_updates(honest, byz, context(20, 6, Median())).shape == (6, 10)
+
+
+def test_attack_parameters_are_validated():
+    for make, message in [
+        (lambda: SignFlip(scale=0), "attack.scale"),
+        (lambda: IPM(epsilon=-1), "attack.epsilon"),
+        (lambda: Gaussian(std=0), "attack.std"),
+        (lambda: MinMax(perturbation="x"), "attack.perturbation"),
+        (lambda: Backdoor(fraction=0), "attack.fraction"),
+        (lambda: ALIE(knowledge="psychic"), "attack.knowledge"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            make()
