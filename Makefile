@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/robustfl -m attack=none,sign_flip,alie defense=mean,median,krum
+	$(BIN)/robustfl -m experiment=grid hydra/launcher=joblib hydra.sweep.dir=outputs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

@@ -54,6 +54,7 @@ def closest_to_median_mean(selected: Tensor, beta: int) -> Tensor:
     med = ordered[t // 2] if t % 2 else 0.5 * (ordered[t // 2 - 1] + ordered[t // 2])
     starts = t - beta + 1
     cost = torch.maximum(med - ordered[:starts], ordered[beta - 1 : beta - 1 + starts] - med)
+    cost = torch.nan_to_num(cost, nan=torch.inf)  # a window reaching a NaN never wins
     best = torch.argmin(cost, dim=0, keepdim=True)  # (1, d)
     zero = torch.zeros_like(ordered[:1])
     cumulative = torch.cat([zero, ordered.cumsum(dim=0)])

@@ -15,8 +15,13 @@ from robustfl.results import SUMMARY_FILE
 
 def collect_summaries(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """Every ``summary.json`` directly below ``sweep_dir`` (one per job), with its folder."""
+
+    def job_order(path: Path) -> tuple[int, str]:
+        head = path.parent.name.split("_", 1)[0]
+        return (int(head) if head.isdigit() else 1 << 30, path.parent.name)
+
     rows = []
-    for path in sorted(Path(sweep_dir).glob(f"*/{SUMMARY_FILE}")):
+    for path in sorted(Path(sweep_dir).glob(f"*/{SUMMARY_FILE}"), key=job_order):
         try:
             summary = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError):

@@ -29,10 +29,17 @@ from robustfl.errors import ConfigError
 
 def context(n, f, defense=None, seed=0, byzantine_rows=None):
     rows = torch.arange(n - f, n) if byzantine_rows is None else torch.tensor(byzantine_rows)
-    return RoundContext(round=0, defense=defense, global_params=torch.zeros(1),
-                        generator=torch.Generator().manual_seed(seed), num_clients=n,
-                        num_byzantine=f, byzantine_rows=rows,
-                        sample_counts=torch.ones(n), client_ids=torch.arange(n))
+    return RoundContext(
+        round=0,
+        defense=defense,
+        global_params=torch.zeros(1),
+        generator=torch.Generator().manual_seed(seed),
+        num_clients=n,
+        num_byzantine=f,
+        byzantine_rows=rows,
+        sample_counts=torch.ones(n),
+        client_ids=torch.arange(n),
+    )
 
 
 def matrices(seed=0, h=8, f=3, d=6):
@@ -88,8 +95,9 @@ def test_alie_rows_are_mean_minus_z_std():
     np.testing.assert_allclose(fixed[0].numpy(), h.mean(0) - 1.5 * h.std(0), rtol=1e-5, atol=1e-6)
     local = ALIE(knowledge="local").poison_updates(honest, byz, context(11, 3))
     b = byz.numpy().astype(np.float64)
-    np.testing.assert_allclose(local[0].numpy(), b.mean(0) - z * b.std(0, ddof=1), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        local[0].numpy(), b.mean(0) - z * b.std(0, ddof=1), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_alie_undefined_z_is_a_clear_error():
@@ -212,8 +220,9 @@ def test_backdoor_poisons_a_fraction_and_builds_the_triggered_test_set():
     assert flat.tolist() == [[0, 0, 0, 7, 7]] * 2
     boosted = Backdoor(boost=4.0)
     assert boosted.poisons_updates
-    torch.testing.assert_close(boosted.poison_updates(None, torch.ones(2, 3), None),
-                               4 * torch.ones(2, 3))
+    torch.testing.assert_close(
+        boosted.poison_updates(None, torch.ones(2, 3), None), 4 * torch.ones(2, 3)
+    )
 
 
 def test_nonfinite_rows():
@@ -240,7 +249,10 @@ def test_adaptive_beats_fixed_scales_and_leaves_the_defense_state_alone():
     for gamma in (0.0, 0.5, 1.0, alie_z(20, 6)):
         sigma = honest.std(0)
         assert best >= damage((mu - gamma * sigma).expand(6, -1)) - 1e-6
-    assert Adaptive(shape="ipm").poison_updates(honest, byz, context(20, 6, Median())).shape == (6, 10)
+    assert Adaptive(shape="ipm").poison_updates(honest, byz, context(20, 6, Median())).shape == (
+        6,
+        10,
+    )
 
 
 def test_attack_parameters_are_validated():
