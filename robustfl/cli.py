@@ -40,6 +40,8 @@ def _result_line(summary: dict[str, Any], run_dir: Path) -> str:
     text = f"{head}: accuracy {acc:.4f}" if acc is not None else f"{head}: no evaluation"
     if "asr" in final:
         text += f", ASR {final['asr']:.4f}"
+    if summary.get("skipped"):
+        text += " (already finished: skipped)"
     text += (
         f" after {summary['rounds_completed']} rounds, {summary['timings']['total_s']:.1f} s"
         f" [{summary['status']}]  -> {run_dir}"

@@ -35,7 +35,7 @@ class TrackerMode(str, Enum):
 class FLConfig:
     num_clients: int = 20
     num_byzantine: int = 4
-    clients_per_round: int = 20
+    clients_per_round: int | None = None
     rounds: int = 40
     local_steps: int = 5
     batch_size: int = 16
@@ -73,6 +73,7 @@ class BaseConfig:
     device: Device = Device.auto
     threads: int = 0
     resume: bool = False
+    checkpoint_every: int = 1
     progress: bool = True
 
 
@@ -96,7 +97,6 @@ def validate(cfg: DictConfig) -> None:
     fl = cfg.fl
     for key in (
         "num_clients",
-        "clients_per_round",
         "rounds",
         "local_steps",
         "batch_size",
@@ -109,10 +109,11 @@ def validate(cfg: DictConfig) -> None:
         f"fl.num_byzantine={fl.num_byzantine} is invalid: it must satisfy "
         f"0 <= num_byzantine < fl.num_clients={fl.num_clients}.",
     )
+    per_round = fl.clients_per_round
     _require(
-        fl.clients_per_round <= fl.num_clients,
-        f"fl.clients_per_round={fl.clients_per_round} is invalid: it must be <= "
-        f"fl.num_clients={fl.num_clients}.",
+        per_round is None or 1 <= per_round <= fl.num_clients,
+        f"fl.clients_per_round={per_round} is invalid: use null (every client) or a number "
+        f"in [1, fl.num_clients={fl.num_clients}].",
     )
     for key in ("lr", "server_lr"):
         _require(fl[key] > 0, f"fl.{key}={fl[key]} is invalid: it must be > 0.")
@@ -172,3 +173,8 @@ def instantiate_option(node: Any, **kwargs: Any) -> Any:
                 f"{target}: {cause}. Check the option's keys against its docstring."
             ) from None
         raise
+
+
+def clients_per_round(fl: DictConfig) -> int:
+    """Participating clients per round: ``fl.clients_per_round``, or every client when null."""
+    return fl.num_clients if fl.clients_per_round is None else int(fl.clients_per_round)

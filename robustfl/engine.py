@@ -9,6 +9,7 @@ to ``metrics.jsonl``.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -23,7 +24,8 @@ from torch import Tensor, nn
 
 from attacks.base import Attack
 from defenses.base import Defense, build_defense
-from robustfl.config import instantiate_option, to_container, validate
+from robustfl.checkpoint import load_checkpoint, save_checkpoint
+from robustfl.config import clients_per_round, instantiate_option, to_container, validate
 from robustfl.context import RoundContext
 from robustfl.data import Dataset
 from robustfl.errors import ConfigError
@@ -101,9 +103,9 @@ def setup(cfg: DictConfig) -> Simulation:
         raise ConfigError(
             f"attack._target_={cfg.attack._target_} did not build an attacks.base.Attack."
         )
-    expected_byzantine = min(fl.num_byzantine, fl.clients_per_round)
-    attack.check(fl.clients_per_round, expected_byzantine)
-    defense.check(fl.clients_per_round)
+    per_round = clients_per_round(fl)
+    attack.check(per_round, min(fl.num_byzantine, per_round))
+    defense.check(per_round)
 
     dataset: Dataset = build(cfg.dataset, seed=cfg.seed)
     partitioner = build(cfg.partition, _partial_=True)
@@ -199,10 +201,11 @@ class RoundResult:
 def participants(sim: Simulation) -> Tensor:
     """Sorted ids of this round's clients (all of them unless ``clients_per_round`` < K)."""
     fl = sim.fl
-    if fl.clients_per_round == fl.num_clients:
+    per_round = clients_per_round(fl)
+    if per_round == fl.num_clients:
         return torch.arange(fl.num_clients)
     chosen = torch.randperm(fl.num_clients, generator=sim.generators["sampling"])
-    return chosen[: fl.clients_per_round].sort().values
+    return chosen[:per_round].sort().values
 
 
 def server_update(sim: Simulation) -> Tensor:
@@ -325,38 +328,97 @@ def failed_summary(cfg: DictConfig, reason: str, started: float) -> dict[str, An
     }
 
 
-def run(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> dict[str, Any]:
-    """Run one experiment; write ``metrics.jsonl`` and ``summary.json`` into ``run_dir``.
+@dataclass
+class RunState:
+    """What a run accumulates over rounds besides the model (saved in the checkpoint)."""
 
-    Returns the summary. A run whose model becomes non-finite stops with status
+    next_round: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    timers: dict[str, float] = field(default_factory=lambda: dict.fromkeys(TIMERS, 0.0))
+    worst_error: float = 0.0
+    byzantine_selected: int = 0
+    byzantine_seen: int = 0
+    status: str = "running"
+
+
+def checkpoint_state(sim: Simulation, state: RunState, config_digest: str) -> dict[str, Any]:
+    return {
+        "config_hash": config_digest,
+        "run": {**state.__dict__},
+        "global_params": sim.global_params.cpu(),
+        "client_momentum": None if sim.client_momentum is None else sim.client_momentum.cpu(),
+        "server_momentum": None if sim.server_momentum is None else sim.server_momentum.cpu(),
+        "generators": {name: g.get_state() for name, g in sim.generators.items()},
+        "attack": sim.attack.state_dict(),
+        "defense": sim.defense.state_dict(),
+    }
+
+
+def restore(sim: Simulation, saved: dict[str, Any]) -> RunState:
+    """Put a checkpoint's state back into ``sim``; return the run's accumulated state."""
+    sim.global_params.copy_(saved["global_params"])
+    if sim.client_momentum is not None:
+        sim.client_momentum.copy_(saved["client_momentum"])
+    if sim.server_momentum is not None:
+        sim.server_momentum.copy_(saved["server_momentum"])
+    for name, value in saved["generators"].items():
+        sim.generators[name].set_state(value)
+    sim.attack.load_state_dict(saved["attack"])
+    sim.defense.load_state_dict(_to_device(saved["defense"], sim.device))
+    return RunState(**saved["run"])
+
+
+def _to_device(state: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in state.items()}
+
+
+def run(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> dict[str, Any]:
+    """Run one experiment; write ``metrics.jsonl``, ``summary.json`` and ``checkpoint.pt``
+    into ``run_dir``.
+
+    Returns the summary. With ``resume=true`` a finished run (same config) is not run again,
+    and an unfinished one continues from its checkpoint, ending with the metrics an
+    uninterrupted run would have. A run whose model becomes non-finite stops with status
     ``"diverged"`` and keeps its metrics; user errors raise before any training.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    plain_config = to_container(cfg)
+    digest = config_hash(plain_config)
+    if cfg.resume:
+        done = finished_summary(run_dir, digest)
+        if done is not None:
+            return done
     sim = setup(cfg)
     fl = cfg.fl
-    plain_config = to_container(cfg)
+    state = RunState()
+    if cfg.resume:
+        saved = load_checkpoint(run_dir)
+        if saved is not None and saved.get("config_hash") == digest:
+            state = restore(sim, saved)
+            log.info("resuming %s at round %d", run_dir, state.next_round + 1)
     if tracker is not None:
         tracker.start(plain_config, run_dir)
-
-    timers = dict.fromkeys(TIMERS, 0.0)
     writer = MetricsWriter(run_dir)
-    history: list[dict[str, Any]] = []
-    status, worst_error, last_round = "completed", 0.0, -1
-    byz_selected_total, byz_total = 0, 0
-    progress = _progress(cfg)
+    for record in state.history:  # a resumed run rewrites exactly the checkpointed rounds
+        writer.write(record)
+        if tracker is not None:
+            tracker.log(record, step=record["round"])
+    offset = time.perf_counter() - state.timers.get("total_s", 0.0)
+    progress = _progress(cfg, initial=state.next_round)
+    every = cfg.get("checkpoint_every", 1)
     try:
-        for r in range(fl.rounds):
-            result = run_round(sim, r, timers)
-            last_round = r
-            worst_error = (
-                max(worst_error, result.robustness_error)
-                if math.isfinite(result.robustness_error)
-                else math.inf
-            )
+        for r in range(state.next_round, fl.rounds):
+            result = run_round(sim, r, state.timers)
+            state.next_round = r + 1
+            if math.isfinite(result.robustness_error):
+                state.worst_error = max(state.worst_error, result.robustness_error)
+            else:
+                state.worst_error = math.inf
             if result.byzantine_selected is not None:
-                byz_selected_total += result.byzantine_selected
-                byz_total += result.num_byzantine
+                state.byzantine_selected += result.byzantine_selected
+                state.byzantine_seen += result.num_byzantine
             diverged = not result.aggregate_finite
             if diverged or (r + 1) % fl.eval_every == 0 or r + 1 == fl.rounds:
                 tic = time.perf_counter()
@@ -365,20 +427,19 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> dict[str, 
                     if not diverged
                     else {"accuracy": math.nan, "loss": math.nan}
                 )
-                timers["eval_s"] += time.perf_counter() - tic
-                if not math.isfinite(metrics["loss"]):
-                    diverged = True
+                state.timers["eval_s"] += time.perf_counter() - tic
+                diverged = diverged or not math.isfinite(metrics["loss"])
                 record = {
                     "round": r + 1,
                     **metrics,
                     "robustness_error": result.robustness_error,
                     "byzantine_selected": result.byzantine_selected,
                     "num_byzantine": result.num_byzantine,
-                    **{f"time_{k}": v for k, v in timers.items()},
-                    "elapsed_s": time.perf_counter() - started,
+                    **{f"time_{k}": v for k, v in state.timers.items() if k != "total_s"},
+                    "elapsed_s": time.perf_counter() - offset,
                 }
                 writer.write(record)
-                history.append(record)
+                state.history.append(record)
                 if tracker is not None:
                     tracker.log(record, step=r + 1)
                 if progress is not None:
@@ -386,72 +447,81 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> dict[str, 
             if progress is not None:
                 progress.update(1)
             if diverged:
-                status = "diverged"
+                state.status = "diverged"
                 log.warning("round %d: the global model became non-finite; stopping", r + 1)
                 break
+            if every and (r + 1) % every == 0 and r + 1 < fl.rounds:
+                state.timers["total_s"] = time.perf_counter() - offset
+                save_checkpoint(run_dir, checkpoint_state(sim, state, digest))
     finally:
         writer.close()
         if progress is not None:
             progress.close()
 
-    timers["total_s"] = time.perf_counter() - started
-    summary = _summary(
-        cfg,
-        sim,
-        plain_config,
-        history,
-        status,
-        worst_error,
-        last_round,
-        timers,
-        byz_selected_total,
-        byz_total,
-    )
+    if state.status == "running":
+        state.status = "completed"
+    state.timers["total_s"] = time.perf_counter() - offset
+    if every:
+        save_checkpoint(run_dir, checkpoint_state(sim, state, digest))
+    summary = _summary(cfg, sim, digest, state)
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     if tracker is not None:
-        tracker.finish(summary, history)
+        tracker.finish(summary, state.history)
+    log.debug("run took %.2f s", time.perf_counter() - started)
     return summary
 
 
-def _summary(
-    cfg,
-    sim,
-    plain_config,
-    history,
-    status,
-    worst_error,
-    last_round,
-    timers,
-    byz_selected_total,
-    byz_total,
-) -> dict[str, Any]:
-    finite = [h for h in history if math.isfinite(h["accuracy"])]
+def finished_summary(run_dir: Path, digest: str) -> dict[str, Any] | None:
+    """The summary of a run that already ended (completed or diverged) with this config."""
+    path = run_dir / SUMMARY_FILE
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if summary.get("status") in ("completed", "diverged") and summary.get("config_hash") == digest:
+        summary["skipped"] = True
+        return summary
+    return None
+
+
+def _summary(cfg: DictConfig, sim: Simulation, digest: str, state: RunState) -> dict[str, Any]:
+    finite = [
+        h
+        for h in state.history
+        if math.isfinite(h["accuracy"] if h["accuracy"] is not None else math.nan)
+    ]
     final = dict(finite[-1]) if finite else {}
     best = {"accuracy": max((h["accuracy"] for h in finite), default=math.nan)}
     if sim.backdoor is not None:
         best["asr"] = max((h["asr"] for h in finite), default=math.nan)
     return {
         **_run_info(cfg),
-        "status": status,
-        "rounds_completed": last_round + 1,
+        "status": state.status,
+        "rounds_completed": state.next_round,
         "final": {k: final[k] for k in ("round", "accuracy", "loss", "asr") if k in final},
         "best": best,
-        "worst_robustness_error": worst_error,
-        "byzantine_selected_share": byz_selected_total / byz_total if byz_total else None,
+        "worst_robustness_error": state.worst_error,
+        "byzantine_selected_share": (
+            state.byzantine_selected / state.byzantine_seen if state.byzantine_seen else None
+        ),
         "byzantine_ids": sim.byzantine_ids.tolist(),
         "partition_hash": partition_hash(sim.parts),
-        "config_hash": config_hash(plain_config),
+        "config_hash": digest,
         "num_parameters": sim.layout.d,
         "device": str(sim.device),
         "data_notes": sim.dataset.notes,
-        "timings": {k: round(v, 6) for k, v in timers.items()},
+        "timings": {k: round(v, 6) for k, v in state.timers.items()},
     }
 
 
-def _progress(cfg: DictConfig):
+def _progress(cfg: DictConfig, initial: int = 0):
     if not cfg.get("progress", True):
         return None
     from tqdm.auto import tqdm
 
     label = f"{cfg.attack.get('name', '?')} vs {cfg.defense.get('name', '?')}"
-    return tqdm(total=cfg.fl.rounds, desc=label, unit="round", leave=False, disable=None)
+    return tqdm(
+        total=cfg.fl.rounds, initial=initial, desc=label, unit="round", leave=False, disable=None
+    )

@@ -19,6 +19,7 @@ from robustfl.errors import ConfigError
         ("fl.rounds=-1", "fl.rounds=-1 is invalid"),
         ("fl.num_byzantine=10", "fl.num_byzantine=10 is invalid"),
         ("fl.clients_per_round=11", "fl.clients_per_round=11 is invalid"),
+        ("fl.clients_per_round=0", "fl.clients_per_round=0 is invalid"),
         ("fl.lr=0", "fl.lr=0.0 is invalid"),
         ("fl.momentum=1.0", "fl.momentum=1.0 is invalid"),
         ("fl.batch_size=500", "fewer than fl.batch_size=500"),

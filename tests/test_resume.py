@@ -1,0 +1,112 @@
+"""Checkpoints: a killed run resumes to the metrics of an uninterrupted one; a re-launched
+sweep skips finished runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from robustfl.api import run_experiment
+from robustfl.checkpoint import load_checkpoint
+from robustfl.results import read_metrics
+
+# Stateful pieces on purpose: client and server momentum, centered clipping's center,
+# mimic's direction, client sampling.
+OVERRIDES = [
+    "fl.num_clients=10",
+    "fl.num_byzantine=2",
+    "fl.clients_per_round=8",
+    "fl.momentum=0.9",
+    "fl.server_momentum=0.5",
+    "attack=mimic",
+    "defense=centered_clipping",
+    "fl.eval_every=1",
+    "progress=false",
+]
+
+
+def numbers(run_dir):
+    return [
+        {k: v for k, v in r.items() if not k.startswith(("time_", "elapsed"))}
+        for r in read_metrics(run_dir)
+    ]
+
+
+def test_checkpoint_is_safe_to_load_and_complete(tmp_path):
+    run_experiment([*OVERRIDES, "fl.rounds=3"], tmp_path)
+    saved = load_checkpoint(tmp_path)  # torch.load(weights_only=True) inside
+    assert saved["run"]["next_round"] == 3
+    assert set(saved["generators"]) >= {"sampling", "batches", "attack", "defense"}
+    assert isinstance(saved["defense"]["center"], torch.Tensor)
+    assert saved["client_momentum"].shape[0] == 10
+
+
+def test_resume_after_sigkill_gives_identical_metrics(tmp_path):
+    rounds = 300
+    reference = tmp_path / "reference"
+    run_experiment([*OVERRIDES, f"fl.rounds={rounds}"], reference)
+
+    killed = tmp_path / "killed"
+    args = [
+        sys.executable,
+        "-m",
+        "robustfl",
+        *OVERRIDES,
+        f"fl.rounds={rounds}",
+        f"hydra.run.dir={killed}",
+    ]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(read_metrics(killed)) < 20:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "summary.json").exists(), "the run finished before it was killed"
+    done_before = len(read_metrics(killed))
+    assert 0 < done_before < rounds
+
+    result = subprocess.run(
+        [*args, "resume=true"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert numbers(killed) == numbers(reference)
+    summary = json.loads((killed / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["rounds_completed"] == rounds
+
+
+def test_relaunched_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path):
+    sweep = tmp_path / "sweep"
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    args = [
+        sys.executable,
+        "-m",
+        "robustfl",
+        "-m",
+        "fl.num_clients=10",
+        "fl.num_byzantine=2",
+        "fl.rounds=4",
+        "progress=false",
+        "defense=mean,median,krum",
+        "resume=true",
+        f"hydra.sweep.dir={sweep}",
+    ]
+    first = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    # Forget that one job finished: it must be the only one that runs again.
+    unfinished = next(sweep.glob("1_*"))
+    (unfinished / "summary.json").unlink()
+    before = {p.parent.name: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.jsonl")}
+    second = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.count("(already finished: skipped)") == 2
+    after = {p.parent.name: p.stat().st_mtime_ns for p in sweep.glob("*/metrics.jsonl")}
+    rerun = {name for name in before if before[name] != after[name]}
+    assert rerun == {unfinished.name}
+    assert json.loads((unfinished / "summary.json").read_text())["status"] == "completed"
