@@ -19,7 +19,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	rm -rf outputs/demo
 	$(BIN)/robustfl -m experiment=grid hydra/launcher=joblib hydra.sweep.dir=outputs/demo
+	$(BIN)/robustfl-report outputs/demo -o outputs/demo/report
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q

@@ -86,9 +86,20 @@ class WandbTracker:
         self.settings = settings
         self.default_group = group
         self.run = None
+        self._last_step = 0
 
     def start(self, config: dict[str, Any], run_dir: str | Path) -> None:
-        run_dir = Path(run_dir)
+        """Open the W&B run. A W&B failure is logged and the run goes on without it: the
+        results on disk are the record that must not be lost."""
+        try:
+            self._start(config, Path(run_dir))
+        except Exception as error:
+            log.warning("W&B logging disabled for this run: %s: %s", type(error).__name__, error)
+            self.run = None
+
+    def _start(self, config: dict[str, Any], run_dir: Path) -> None:
+        if os.environ.get("WANDB_MODE") == "":
+            del os.environ["WANDB_MODE"]  # an empty value is an error inside wandb
         mode = str(getattr(self.settings.mode, "value", self.settings.mode))
         if effective_mode(mode) == "disabled":
             return
@@ -132,6 +143,7 @@ class WandbTracker:
     def log(self, record: dict[str, Any], step: int) -> None:
         if self.run is not None:
             self.run.log({k: v for k, v in record.items() if v is not None}, step=step)
+            self._last_step = step
 
     def finish(self, summary: dict[str, Any], history: list[dict[str, Any]]) -> None:
         if self.run is None:
@@ -143,12 +155,18 @@ class WandbTracker:
                 flatten({k: v for k, v in summary.items() if k not in ("data_notes",)})
             )
             if history:
+                # One step after the last round, so the per-round history stays exactly
+                # the rows of metrics.jsonl.
                 columns = sorted({k for h in history for k in h})
                 rows = [[h.get(c) for c in columns] for h in history]
-                self.run.log({"metrics_table": wandb.Table(columns=columns, data=rows)})
+                media: dict[str, Any] = {"metrics_table": wandb.Table(columns=columns, data=rows)}
                 figure = _accuracy_figure(history, summary)
                 if figure is not None:
-                    self.run.log({"accuracy_curve": wandb.Image(figure)})
+                    media["accuracy_curve"] = wandb.Image(figure)
+                    import matplotlib.pyplot as plt
+
+                    plt.close(figure)
+                self.run.log(media, step=self._last_step + 1)
         finally:
             self.run.finish(exit_code=0 if summary.get("status") != "failed" else 1)
             self.run = None
