@@ -9,6 +9,7 @@ goes on with the other jobs.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 import traceback
@@ -81,11 +82,15 @@ def _record_failure(summary: dict, run_dir: Path, tracker: WandbTracker) -> None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
-def app(cfg: DictConfig) -> dict:
+def app(cfg: DictConfig) -> float:
+    """One job. Returns the final clean accuracy (NaN when there is none), the objective that
+    optimizing sweepers such as Optuna minimize or maximize."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
-    return execute(cfg, Path(hydra_cfg.runtime.output_dir), multirun, group)
+    summary = execute(cfg, Path(hydra_cfg.runtime.output_dir), multirun, group)
+    accuracy = summary.get("final", {}).get("accuracy")
+    return float(accuracy) if accuracy is not None else math.nan
 
 
 def main() -> None:

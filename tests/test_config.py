@@ -81,9 +81,15 @@ def test_cli_wrong_type_and_unknown_option(tmp_path):
     assert result.returncode != 0 and "attack/nope" in result.stderr
 
 
-def test_multirun_isolates_a_failing_job(tmp_path):
+@pytest.mark.parametrize("launcher", ["basic", "submitit_local", "joblib"])
+def test_multirun_isolates_a_failing_job(tmp_path, launcher):
     result = run_cli(
-        "-m", *FAST, "defense=median,bulyan", f"hydra.sweep.dir={tmp_path}/s", cwd=tmp_path
+        "-m",
+        *FAST,
+        "defense=median,bulyan",
+        f"hydra/launcher={launcher}",
+        f"hydra.sweep.dir={tmp_path}/s",
+        cwd=tmp_path,
     )
     assert result.returncode != 0  # the sweep reports its failure...
     statuses = sorted(
@@ -97,3 +103,24 @@ def test_installed_config_tree_is_found_from_any_folder(tmp_path):
     cfg = compose_config(["dataset=synthetic", "model=cnn", "partition=shards"])
     assert cfg.dataset.name == "synthetic" and cfg.model.name == "cnn"
     assert (REPO / "robustfl" / "conf" / "config.yaml").exists()
+
+
+def test_optuna_preset_searches_the_attack_parameter(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = run_cli(
+        "-m",
+        "experiment=strongest_attack",
+        "hydra.sweeper.n_trials=3",
+        "fl.rounds=4",
+        f"hydra.sweep.dir={tmp_path}/s",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    epsilons = {
+        line
+        for p in (tmp_path / "s").glob("*/.hydra/overrides.yaml")
+        for line in p.read_text().splitlines()
+        if "attack.epsilon" in line
+    }
+    assert len(epsilons) == 3  # three trials, three different values
+    assert "Best parameters" in result.stdout + result.stderr

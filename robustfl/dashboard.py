@@ -1,0 +1,144 @@
+"""``robustfl-dashboard --project P [--entity E]``: a saved W&B workspace for comparing
+defenses, built with wandb-workspaces.
+
+:func:`build_workspace` is a pure function (no network) that returns the workspace spec; only
+:func:`main` saves it, which needs a W&B API key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from robustfl.tracking import has_api_key
+
+
+def build_workspace(entity: str, project: str, name: str = "robustfl: defenses vs attacks") -> Any:
+    """The workspace: runs grouped by attack then defense; a bar chart of final accuracy per
+    defense (one bar group per attack, mean and std over seeds); accuracy curves; ASR and
+    robustness error."""
+    import wandb_workspaces.reports.v2 as wr
+    import wandb_workspaces.workspaces as ws
+
+    by_defense = wr.Config("defense")
+    return ws.Workspace(
+        entity=entity,
+        project=project,
+        name=name,
+        runset_settings=ws.RunsetSettings(
+            groupby=[ws.Config("attack"), ws.Config("defense")],
+            order=[ws.Ordering(ws.Summary("final.accuracy"), ascending=False)],
+        ),
+        sections=[
+            ws.Section(
+                name="Final accuracy per defense, under each attack",
+                is_open=True,
+                panels=[
+                    wr.BarPlot(
+                        title="final accuracy (mean ± std over seeds)",
+                        metrics=[wr.SummaryMetric("final.accuracy")],
+                        groupby=by_defense,
+                        groupby_aggfunc="mean",
+                        groupby_rangefunc="stddev",
+                        orientation="v",
+                    ),
+                    wr.BarPlot(
+                        title="best accuracy",
+                        metrics=[wr.SummaryMetric("best.accuracy")],
+                        groupby=by_defense,
+                        groupby_aggfunc="mean",
+                        groupby_rangefunc="stddev",
+                        orientation="v",
+                    ),
+                ],
+            ),
+            ws.Section(
+                name="Accuracy per round",
+                is_open=True,
+                panels=[
+                    wr.LinePlot(
+                        title="test accuracy",
+                        x="round",
+                        y=["accuracy"],
+                        groupby=by_defense,
+                        groupby_aggfunc="mean",
+                        groupby_rangefunc="stddev",
+                        range_y=(0, 1),
+                    ),
+                    wr.LinePlot(
+                        title="test loss",
+                        x="round",
+                        y=["loss"],
+                        groupby=by_defense,
+                        groupby_aggfunc="mean",
+                    ),
+                ],
+            ),
+            ws.Section(
+                name="Backdoor: attack success rate",
+                is_open=True,
+                panels=[
+                    wr.LinePlot(
+                        title="ASR per round",
+                        x="round",
+                        y=["asr"],
+                        groupby=by_defense,
+                        range_y=(0, 1),
+                    ),
+                    wr.BarPlot(
+                        title="final ASR",
+                        metrics=[wr.SummaryMetric("final.asr")],
+                        groupby=by_defense,
+                        groupby_aggfunc="mean",
+                        orientation="v",
+                    ),
+                ],
+            ),
+            ws.Section(
+                name="Robustness diagnostics",
+                is_open=False,
+                panels=[
+                    wr.LinePlot(
+                        title="||agg - mean(honest)|| / ||mean(honest)||",
+                        x="round",
+                        y=["robustness_error"],
+                        log_y=True,
+                        groupby=by_defense,
+                    ),
+                    wr.LinePlot(
+                        title="Byzantine rows selected",
+                        x="round",
+                        y=["byzantine_selected"],
+                        groupby=by_defense,
+                    ),
+                ],
+            ),
+        ],
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="robustfl-dashboard", description=__doc__.split("\n")[0])
+    parser.add_argument("--project", required=True, help="W&B project the runs logged to")
+    parser.add_argument("--entity", default=None, help="W&B entity (default: your default)")
+    parser.add_argument("--name", default="robustfl: defenses vs attacks")
+    args = parser.parse_args(argv)
+    if not has_api_key():
+        sys.exit(
+            "robustfl-dashboard: saving a workspace needs a W&B API key: run `wandb login` "
+            "or set WANDB_API_KEY (runs logged offline can be uploaded first with "
+            "`wandb sync`)."
+        )
+    entity = args.entity
+    if entity is None:
+        import wandb
+
+        entity = wandb.Api().default_entity
+    workspace = build_workspace(entity, args.project, args.name)
+    saved = workspace.save()
+    print(f"robustfl-dashboard: saved {saved.url}")
+
+
+if __name__ == "__main__":
+    main()
