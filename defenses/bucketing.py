@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from defenses.base import PreAggregator
-from defenses.functional import finite_rows
 from robustfl.errors import ConfigError
+from robustfl.linalg import finite_rows, zero_nonfinite
 
 
 def bucketing(updates: Tensor, s: int, generator: torch.Generator | None = None) -> Tensor:
@@ -28,9 +28,7 @@ def bucketing(updates: Tensor, s: int, generator: torch.Generator | None = None)
     mixing = torch.zeros(m, n, dtype=updates.dtype, device=updates.device)
     mixing[bucket_of, torch.arange(n, device=updates.device)] = 1.0 / sizes[bucket_of]
     finite = finite_rows(updates)
-    x = torch.where(
-        finite[:, None], updates, torch.zeros((), dtype=updates.dtype, device=updates.device)
-    )
+    x = zero_nonfinite(updates, finite)
     out = mixing @ x
     out[(mixing[:, ~finite] > 0).any(dim=1)] = torch.nan
     return out

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from defenses.base import Defense
-from defenses.functional import finite_rows
 from robustfl.errors import ConfigError
+from robustfl.linalg import finite_rows, zero_nonfinite
 
 
 def dnc(
@@ -29,19 +29,21 @@ def dnc(
     finite = finite_rows(updates)
     keep_count = max(1, n - int(c * f))
     good = finite.clone()
-    x = torch.where(
-        finite[:, None], updates, torch.zeros((), dtype=updates.dtype, device=updates.device)
-    )
+    rows = torch.nonzero(finite).flatten()
+    x = zero_nonfinite(updates, finite)
+    usable = x if bool(finite.all()) else x[rows]
     for _ in range(niters):
         if d > b:
             cols = torch.randperm(d, generator=generator)[:b].to(updates.device)
-            sub = x[:, cols]
+            sub = usable[:, cols]
         else:
-            sub = x
-        centered = sub - sub[finite].mean(dim=0)
-        top = torch.linalg.svd(centered[finite], full_matrices=False).Vh[0]
-        scores = (centered @ top) ** 2
-        scores = torch.where(finite, scores, torch.full_like(scores, torch.inf))
+            sub = usable
+        centered = sub - sub.mean(dim=0)
+        # The projections on the top right singular vector v of C are C v = s u, with (s^2, u)
+        # the top eigenpair of the small Gram matrix C C^T: one product instead of an SVD.
+        eigenvalues, eigenvectors = torch.linalg.eigh((centered @ centered.T).double())
+        scores = torch.full((n,), torch.inf, dtype=torch.float64, device=updates.device)
+        scores[rows] = eigenvalues[-1] * eigenvectors[:, -1] ** 2
         kept = torch.zeros_like(good)
         kept[torch.sort(scores, stable=True).indices[:keep_count]] = True
         good &= kept

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from defenses.base import Defense
-from defenses.functional import finite_rows
 from robustfl.errors import ConfigError
+from robustfl.linalg import finite_rows, zero_nonfinite
 
 
 def fltrust(updates: Tensor, server_update: Tensor) -> tuple[Tensor, Tensor]:
@@ -18,9 +18,7 @@ def fltrust(updates: Tensor, server_update: Tensor) -> tuple[Tensor, Tensor]:
     Non-finite or zero rows get score 0. Returns the aggregate and the scores ``(n,)``.
     """
     finite = finite_rows(updates)
-    x = torch.where(
-        finite[:, None], updates, torch.zeros((), dtype=updates.dtype, device=updates.device)
-    )
+    x = zero_nonfinite(updates, finite)
     g0 = server_update.to(updates.dtype)
     g0_norm = torch.linalg.vector_norm(g0)
     norms = torch.linalg.vector_norm(x, dim=1)

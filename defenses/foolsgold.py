@@ -9,8 +9,8 @@ import torch
 from torch import Tensor
 
 from defenses.base import Defense
-from defenses.functional import finite_rows
 from robustfl.errors import ConfigError
+from robustfl.linalg import finite_rows, zero_nonfinite
 
 
 def foolsgold_weights(history: Tensor, kappa: float = 1.0) -> Tensor:
@@ -70,9 +70,7 @@ class FoolsGold(Defense):
         ids = self._ids if self._ids is not None and len(self._ids) == n else torch.arange(n)
         ids = ids.to(updates.device)
         finite = finite_rows(updates)
-        x = torch.where(
-            finite[:, None], updates, torch.zeros((), dtype=updates.dtype, device=updates.device)
-        )
+        x = zero_nonfinite(updates, finite)
         needed = int(ids.max()) + 1
         if self.history is None or len(self.history) < needed:
             grown = torch.zeros(needed, d, dtype=updates.dtype, device=updates.device)

@@ -4,6 +4,9 @@ clipping. All take an update matrix ``updates (n, d)``; none loops over clients 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -18,18 +21,33 @@ __all__ = [
 ]
 
 
+_PARALLEL_MIN = 1 << 20  # entries; below this, threads cost more than they save
+
+
+def _sort_in_place(array: np.ndarray) -> None:
+    """Sort ``array`` along axis 0 in place, in column blocks on ``torch.get_num_threads()``
+    threads (numpy's sort releases the GIL)."""
+    workers = max(1, torch.get_num_threads())
+    if workers == 1 or array.size < _PARALLEL_MIN:
+        array.sort(axis=0)
+        return
+    edges = np.linspace(0, array.shape[1], workers + 1, dtype=int)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda lo, hi: array[:, lo:hi].sort(axis=0), edges[:-1], edges[1:]))
+
+
 def sort_columns(updates: Tensor) -> Tensor:
     """``updates (n, d)`` sorted along the client axis (each coordinate independently).
 
     NaN sorts after +inf, so a non-finite row behaves as an extreme value in every coordinate
     it poisons. On the CPU this uses numpy's sort, measured 5 to 8 times faster here than
-    ``torch.sort(dim=0)`` (vectorized sorting networks); sorting the ``(n, d)`` row-major layout
-    in place beat transposing to ``(d, n)`` first, because the transpose copy costs more than it
-    saves (see docs/performance.md).
+    ``torch.sort(dim=0)`` (vectorized sorting networks), on column blocks in parallel threads;
+    sorting the ``(n, d)`` row-major layout in place beat transposing to ``(d, n)`` first,
+    because the transpose copy costs more than it saves (see docs/performance.md).
     """
     if updates.device.type == "cpu":
         array = updates.detach().numpy().copy()
-        array.sort(axis=0)
+        _sort_in_place(array)
         return torch.from_numpy(array)
     values = torch.nan_to_num(updates, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf)
     return values.sort(dim=0).values

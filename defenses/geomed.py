@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from defenses.base import Defense
-from defenses.functional import finite_rows
 from robustfl.errors import ConfigError
+from robustfl.linalg import finite_rows, zero_nonfinite
 
 
 def geometric_median(
@@ -34,9 +34,7 @@ def geometric_median(
     alpha = torch.where(finite, alpha, torch.zeros_like(alpha))
     if not bool((alpha > 0).any()):
         return torch.full_like(updates[0], torch.nan), 0
-    points = torch.where(
-        finite[:, None], updates, torch.zeros((), dtype=updates.dtype, device=updates.device)
-    )
+    points = zero_nonfinite(updates, finite)
 
     def distances(v: Tensor) -> Tensor:
         dist = torch.linalg.vector_norm(points - v, dim=1)

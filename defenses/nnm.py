@@ -7,8 +7,8 @@ import torch
 from torch import Tensor
 
 from defenses.base import PreAggregator
-from defenses.functional import finite_rows, pairwise_sq_distances
 from robustfl.errors import ConfigError
+from robustfl.linalg import finite_rows, pairwise_sq_distances, zero_nonfinite
 
 
 def nearest_neighbor_mixing(updates: Tensor, f: int) -> Tensor:
@@ -26,9 +26,7 @@ def nearest_neighbor_mixing(updates: Tensor, f: int) -> Tensor:
     mixing = torch.zeros(n, n, dtype=updates.dtype, device=updates.device)
     mixing.scatter_(1, nearest, 1.0 / k)
     finite = finite_rows(updates)
-    x = torch.where(
-        finite[:, None], updates, torch.zeros((), dtype=updates.dtype, device=updates.device)
-    )
+    x = zero_nonfinite(updates, finite)
     out = mixing @ x
     tainted = (mixing[:, ~finite] > 0).any(dim=1) | ~finite
     out[tainted] = torch.nan

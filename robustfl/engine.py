@@ -79,6 +79,7 @@ class Simulation:
     client_momentum: Tensor | None
     server_momentum: Tensor | None
     generators: dict[str, torch.Generator] = field(default_factory=dict)
+    updates: Tensor | None = None  # the (n, d) update matrix, reused every round
 
     @property
     def fl(self) -> DictConfig:
@@ -233,11 +234,16 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
     batches = sample_batch_indices(
         sim.data, clients, fl.local_steps, fl.batch_size, sim.generators["batches"]
     )
-    momentum_rows = None
-    if sim.client_momentum is not None:
-        momentum_rows = sim.client_momentum[clients.to(sim.device)]
-    updates = sim.trainer.train(sim.global_params, sim.data.x, sim.data.y, batches, momentum_rows)
-    if momentum_rows is not None:
+    everyone = len(clients) == fl.num_clients
+    momentum_rows = sim.client_momentum
+    if momentum_rows is not None and not everyone:
+        momentum_rows = momentum_rows[clients.to(sim.device)]  # gathered, scattered back below
+    if sim.updates is None or len(sim.updates) != len(clients):
+        sim.updates = torch.empty(len(clients), sim.layout.d, device=sim.device)
+    updates = sim.trainer.train(
+        sim.global_params, sim.data.x, sim.data.y, batches, momentum_rows, out=sim.updates
+    )
+    if momentum_rows is not None and not everyone:
         sim.client_momentum[clients.to(sim.device)] = momentum_rows
     honest_mean = updates[honest_rows.to(sim.device)].mean(dim=0)
     timers["train_s"] += time.perf_counter() - tic

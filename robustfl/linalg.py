@@ -8,8 +8,23 @@ from torch import Tensor
 
 
 def finite_rows(updates: Tensor) -> Tensor:
-    """``(n,)`` bool: rows whose entries are all finite."""
-    return torch.isfinite(updates).all(dim=1)
+    """``(n,)`` bool: rows that are usable numbers, i.e. whose Euclidean norm is finite.
+
+    A row with a NaN or an infinite entry has a non-finite norm; so does a row so huge that
+    its norm overflows, which every robust rule treats as an outlier anyway. One reduction pass
+    over the matrix, without a ``(n, d)`` temporary.
+    """
+    return torch.isfinite(torch.linalg.vector_norm(updates, dim=1))
+
+
+def zero_nonfinite(updates: Tensor, finite: Tensor) -> Tensor:
+    """``updates`` with the rows where ``finite`` is False set to zero (no copy when all are
+    finite), so that products with weights of 0 stay 0 instead of NaN."""
+    if bool(finite.all()):
+        return updates
+    return torch.where(
+        finite[:, None], updates, torch.zeros((), dtype=updates.dtype, device=updates.device)
+    )
 
 
 def pairwise_sq_distances(updates: Tensor) -> Tensor:
@@ -20,20 +35,21 @@ def pairwise_sq_distances(updates: Tensor) -> Tensor:
     So the rows are first centered on a reference row, the finite row of median norm: it is
     honest whenever fewer than half the rows are outliers, which keeps the centered values at
     the scale of the honest spread (centering on the mean would let one huge row spoil it),
-    and the relative error drops to about 1e-7. The product runs in float64 when the input is
-    float64. Rows with a non-finite entry, or so large that their squared norm overflows, are
-    at distance ``+inf`` from every other row; the diagonal is 0.
+    and the relative error drops to about 1e-7. The squared norms are read off the Gram
+    matrix's diagonal. The product runs in float64 when the input is float64. Rows with a
+    non-finite entry, or so large that their norm overflows, are at distance ``+inf`` from
+    every other row; the diagonal is 0.
     """
     n = len(updates)
-    finite = finite_rows(updates)
-    zero = torch.zeros((), dtype=updates.dtype, device=updates.device)
-    x = torch.where(finite[:, None], updates, zero)
+    norms = torch.linalg.vector_norm(updates, dim=1)
+    finite = torch.isfinite(norms)
+    x = zero_nonfinite(updates, finite)
     if finite.any():
-        norms = torch.linalg.vector_norm(x, dim=1).masked_fill(~finite, torch.inf)
-        reference = torch.sort(norms, stable=True).indices[(int(finite.sum()) - 1) // 2]
-        x = x - x[reference]
-    sq = (x * x).sum(dim=1)
-    dist = sq[:, None] + sq[None, :] - 2.0 * (x @ x.T)
+        order = torch.sort(norms.masked_fill(~finite, torch.inf), stable=True).indices
+        x = x - x[order[(int(finite.sum()) - 1) // 2]]
+    gram = x @ x.T
+    sq = gram.diagonal()
+    dist = sq[:, None] + sq[None, :] - 2.0 * gram
     dist = torch.nan_to_num(dist, nan=torch.inf).clamp_(min=0.0)
     bad = ~finite | ~torch.isfinite(sq)
     dist[bad, :] = torch.inf

@@ -146,6 +146,7 @@ class LocalTrainer:
         y: Tensor,
         batches: Tensor,
         momentum_rows: Tensor | None = None,
+        out: Tensor | None = None,
     ) -> Tensor:
         """Run every client's local steps and return their updates.
 
@@ -154,38 +155,46 @@ class LocalTrainer:
             x, y: all clients' data (see :class:`ClientData`).
             batches: ``(C, steps, B)`` row indices of each client's minibatches.
             momentum_rows: ``(C, d)`` the clients' momentum buffers, updated in place
-                (required when ``momentum > 0``).
+                (a fresh zero buffer is used when ``momentum > 0`` and this is ``None``).
+            out: optional ``(C, d)`` buffer for the result. Reusing one across rounds avoids
+                allocating (and page-faulting) ``C * d`` floats every round.
 
         Returns:
-            ``(C, d)`` updates ``theta_local - theta_global``.
+            ``(C, d)`` updates ``theta_local - theta_global`` (``out`` when given).
         """
         num = len(batches)
+        if out is None:
+            out = torch.empty(
+                num, self.layout.d, dtype=global_params.dtype, device=global_params.device
+            )
         chunk = self.chunk_size or num
-        updates = torch.empty(
-            num, self.layout.d, dtype=global_params.dtype, device=global_params.device
-        )
         for start in range(0, num, chunk):
             stop = min(start + chunk, num)
             bufs = momentum_rows[start:stop] if momentum_rows is not None else None
-            updates[start:stop] = self._train_chunk(global_params, x, y, batches[start:stop], bufs)
-        return updates
+            self._train_chunk(global_params, x, y, batches[start:stop], bufs, out[start:stop])
+        return out
 
-    def _train_chunk(self, global_params, x, y, batches, bufs) -> Tensor:
+    def _train_chunk(self, global_params, x, y, batches, bufs, theta) -> None:
+        """Train the clients of one chunk in place: ``theta (c, d)`` starts as the global
+        model and ends as the updates. Every optimizer step works on per-parameter views of
+        the flat rows, so no ``(c, d)`` temporary is allocated per step."""
         num, steps, _ = batches.shape
-        theta = global_params.expand(num, -1).clone()
+        theta.copy_(global_params.expand(num, -1))
+        params = self.layout.unflatten(theta)
         if self.momentum and bufs is None:  # a fresh optimizer (e.g. the server's root update)
             bufs = torch.zeros_like(theta)
-        params = self.layout.unflatten(theta)
+        buffers = self.layout.unflatten(bufs) if self.momentum else None
         for step in range(steps):
             rows = batches[:, step]
             grads = self._grads(params, x[rows], y[rows])
-            g = torch.cat([grads[name].reshape(num, -1) for name in self.layout.names], dim=1)
-            if self.weight_decay:
-                g.add_(theta, alpha=self.weight_decay)
-            if self.momentum:
-                g = bufs.mul_(self.momentum).add_(g)
-            theta.add_(g, alpha=-self.lr)
-        return theta.sub_(global_params)
+            for name in self.layout.names:
+                g = grads[name]
+                if self.weight_decay:
+                    g.add_(params[name], alpha=self.weight_decay)
+                if self.momentum:
+                    g = buffers[name].mul_(self.momentum).add_(g)
+                params[name].add_(g, alpha=-self.lr)
+        theta.sub_(global_params)
 
 
 def evaluate(

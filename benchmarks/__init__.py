@@ -1,0 +1,1 @@
+"""Speed and memory benchmarks (`make bench`); they report ratios, they assert nothing."""

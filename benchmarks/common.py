@@ -1,0 +1,52 @@
+"""Timing helpers: medians over repetitions after warm-up."""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+
+def sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(
+    fn: Callable[[], object],
+    repeat: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    budget_s: float = 20.0,
+) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs
+    (fewer repetitions when one run takes a large share of ``budget_s``)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(repeat):
+        tic = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - tic)
+        if time.perf_counter() - start > budget_s and len(times) >= 1:
+            break
+    return statistics.median(times)
+
+
+def peak_rss_mib() -> float:
+    """The process's peak resident memory so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def matmul_gflops(device: str = "cpu", size: int = 2048) -> float:
+    """Sustained float32 GFLOP/s of this machine (a square matmul), for compute floors."""
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    seconds = median_time(lambda: a @ b, repeat=5, warmup=2, device=device)
+    return 2 * size**3 / seconds / 1e9

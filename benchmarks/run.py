@@ -1,0 +1,94 @@
+"""``make bench`` / ``python -m benchmarks.run [--quick] [--device cuda] [--only NAME]``.
+
+Prints tables and writes ``benchmarks/results.json``. Every figure is a median over
+repetitions after warm-up; every comparison is against a baseline measured in the same run.
+Nothing is asserted about absolute time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks import aggregation, simulation, sweep
+
+
+def machine(device: str) -> dict:
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "device": device,
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def print_simulation(rows: list[dict]) -> None:
+    print("\n## Simulation: one round (MLP 64-128-10, 5 local steps of batch 16, median)")
+    print(
+        f"{'workload':<26}{'engine ms':>10}{'loop ms':>10}{'speedup':>9}{'median ms':>10}"
+        f"{'updates/s':>11}{'floor ms':>9}{'x floor':>8}{'peak MiB':>9}"
+    )
+    for r in rows:
+        print(
+            f"{r['workload']:<26}{r['engine_ms']:>10.1f}{r['loop_ms']:>10.1f}"
+            f"{r['speedup']:>8.1f}x{r['median_ms']:>10.1f}{r['updates_per_s']:>11.0f}"
+            f"{r['compute_floor_ms']:>9.1f}{r['x_floor']:>8.1f}{r['peak_rss_mib']:>9.0f}"
+        )
+
+
+def print_aggregation(rows: list[dict]) -> None:
+    print("\n## Aggregation rules (ms; ratio to the best simple reference and to a copy)")
+    print(
+        f"{'rule':<20}{'n':>5}{'d':>9}{'ours':>9}{'best ref':>10}{'ratio':>7}{'x copy':>8}"
+        "  references"
+    )
+    for r in rows:
+        refs = r["references_ms"]
+        best = min(refs.values()) if refs else float("nan")
+        ratio = f"{r['vs_best_reference']:.2f}" if r["vs_best_reference"] else "-"
+        print(
+            f"{r['rule']:<20}{r['n']:>5}{r['d']:>9}{r['ms']:>9.2f}{best:>10.2f}{ratio:>7}"
+            f"{r['x_copy']:>8.1f}  " + ", ".join(f"{k} {v:.1f}" for k, v in refs.items())
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--only", choices=["simulation", "aggregation", "sweep"], default=None)
+    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
+    args = parser.parse_args()
+    results: dict = {"machine": machine(args.device)}
+    print(f"machine: {results['machine']}")
+    if args.only in (None, "simulation"):
+        results["simulation"] = simulation.run(args.device, args.quick)
+        print_simulation(results["simulation"])
+    if args.only in (None, "aggregation") and args.device == "cpu":
+        results["aggregation"] = aggregation.run(args.quick)
+        print_aggregation(results["aggregation"])
+    if args.only in (None, "sweep") and args.device == "cpu" and not args.quick:
+        results["sweep"] = sweep.run()
+        s = results["sweep"]
+        print(
+            f"\n## Demo grid with joblib: {s['runs']} runs ({s['completed']} completed) in "
+            f"{s['wall_s']:.1f} s = {s['runs_per_minute']:.1f} runs/minute"
+        )
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()

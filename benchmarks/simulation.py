@@ -1,0 +1,88 @@
+"""Simulation throughput: the batched engine against the per-client loop, same batches."""
+
+from __future__ import annotations
+
+import torch
+
+from benchmarks.common import matmul_gflops, median_time, peak_rss_mib
+from defenses.median import median
+from robustfl.data import load_digits, load_synthetic
+from robustfl.models import init_model, mlp
+from robustfl.partition import iid
+from robustfl.reference import train_clients_loop
+from robustfl.seeding import numpy_generator
+from robustfl.training import ClientData, LocalTrainer, ParamLayout, sample_batch_indices
+
+STEPS, BATCH = 5, 16
+WORKLOADS = [  # (name, clients, data)
+    ("50 clients, digits", 50, "digits"),
+    ("200 clients, synthetic", 200, "synthetic"),
+    ("1000 clients, synthetic", 1000, "synthetic"),
+]
+
+
+def mlp_flops_per_round(
+    clients: int, hidden: int = 128, inputs: int = 64, classes: int = 10
+) -> float:
+    """Forward 2 * weights FLOPs per sample, backward about twice that."""
+    weights = inputs * hidden + hidden * classes
+    return 3 * 2 * weights * clients * STEPS * BATCH
+
+
+def setup(clients: int, data: str, device: str):
+    if data == "digits":
+        dataset = load_digits()
+    else:
+        dataset = load_synthetic(num_samples=clients * 250, num_features=64, num_classes=10)
+    parts = iid(dataset.y_train.numpy(), clients, numpy_generator(0, "bench"))
+    client_data = ClientData.from_parts(
+        [(dataset.x_train[p], dataset.y_train[p]) for p in parts]
+    ).to(torch.device(device))
+    model = init_model(lambda **k: mlp(hidden=[128], **k), dataset.input_shape, 10, 0).to(device)
+    layout = ParamLayout.of(model)
+    return client_data, model, layout
+
+
+def measure(name: str, clients: int, data: str, device: str, peak_gflops: float) -> dict:
+    """One workload: the engine's round and the per-client loop's, on the same batches."""
+    client_data, model, layout = setup(clients, data, device)
+    theta = layout.flatten(model)
+    batches = sample_batch_indices(
+        client_data, torch.arange(clients), STEPS, BATCH, torch.Generator().manual_seed(0)
+    )
+    trainer = LocalTrainer(model, layout, lr=0.05)
+    out = torch.empty(clients, layout.d, device=device)  # reused across rounds, as the engine does
+
+    def engine_round():
+        return median(trainer.train(theta, client_data.x, client_data.y, batches, out=out))
+
+    def loop_round():
+        return median(
+            train_clients_loop(model, layout, theta, client_data.x, client_data.y, batches, lr=0.05)
+        )
+
+    engine = median_time(engine_round, repeat=7, warmup=2, device=device)
+    loop = median_time(loop_round, repeat=3, warmup=1, device=device)
+    aggregate = median_time(lambda: median(out), repeat=7, device=device)
+    floor = mlp_flops_per_round(clients) / (peak_gflops * 1e9)
+    return {
+        "workload": name,
+        "clients": clients,
+        "d": layout.d,
+        "engine_ms": engine * 1e3,
+        "loop_ms": loop * 1e3,
+        "speedup": loop / engine,
+        "median_ms": aggregate * 1e3,
+        "updates_per_s": clients / engine,
+        "compute_floor_ms": floor * 1e3,
+        "x_floor": engine / floor,
+        "peak_rss_mib": peak_rss_mib(),
+    }
+
+
+def run(device: str = "cpu", quick: bool = False) -> list[dict]:
+    peak = matmul_gflops(device)
+    return [
+        measure(name, clients, data, device, peak)
+        for name, clients, data in (WORKLOADS[:2] if quick else WORKLOADS)
+    ]
