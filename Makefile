@@ -8,7 +8,10 @@ STAMP   := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export WANDB_ERROR_REPORTING ?= false
 
-.PHONY: demo test test-all lint format bench clean
+# MNIST for the reproduction presets: $(ROBUSTFL_DATA)/mnist (the shared test-set files by default)
+export ROBUSTFL_DATA ?= $(abspath ../shared/data)
+
+.PHONY: demo test test-all lint format bench reproduce clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +42,13 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
+
+# The published settings (docs/results.md). About 2 hours on 2 cores with the default MLP.
+reproduce: $(STAMP)
+	$(BIN)/robustfl -m experiment=bucketing_mimic hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/bucketing_mimic resume=true
+	$(BIN)/robustfl -m experiment=byzfl_heatmap hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/byzfl_heatmap resume=true
+	$(BIN)/robustfl-report outputs/reproduce/bucketing_mimic -o outputs/reproduce/bucketing_mimic/report
+	$(BIN)/robustfl-report outputs/reproduce/byzfl_heatmap -o outputs/reproduce/byzfl_heatmap/report
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -54,8 +54,8 @@ def closest_to_median_mean(selected: Tensor, beta: int) -> Tensor:
     """Per coordinate, the mean of the ``beta`` values closest to the median: ``(t, d) -> (d,)``.
 
     In sorted order those values form a window ``[s, s + beta)``; the window minimizing its
-    larger distance to the median is chosen per coordinate (ties to the lower window), and its
-    sum read off a cumulative sum, so nothing loops over coordinates.
+    larger distance to the median is chosen per coordinate (ties to the lower window) and
+    gathered, so nothing loops over coordinates.
     """
     t = len(selected)
     ordered = sort_columns(selected).to(selected.device)
@@ -64,10 +64,10 @@ def closest_to_median_mean(selected: Tensor, beta: int) -> Tensor:
     cost = torch.maximum(med - ordered[:starts], ordered[beta - 1 : beta - 1 + starts] - med)
     cost = torch.nan_to_num(cost, nan=torch.inf)  # a window reaching a NaN never wins
     best = torch.argmin(cost, dim=0, keepdim=True)  # (1, d)
-    zero = torch.zeros_like(ordered[:1])
-    cumulative = torch.cat([zero, ordered.cumsum(dim=0)])
-    window = cumulative.gather(0, best + beta) - cumulative.gather(0, best)
-    return (window / beta).squeeze(0)
+    # Gather the window (beta, d) and average it; a cumulative-sum difference would be cheaper
+    # but cancels in float32 next to large outlying values.
+    rows = best + torch.arange(beta, device=ordered.device)[:, None]
+    return ordered.gather(0, rows).mean(dim=0)
 
 
 def bulyan(

@@ -9,19 +9,24 @@ import torch
 from torch import Tensor
 
 from defenses.base import Defense
-from defenses.functional import clip_rows
+from defenses.functional import clipped_mean
 from robustfl.errors import ConfigError
 
 
-def centered_clipping(updates: Tensor, center: Tensor, tau: float, iterations: int) -> Tensor:
+def centered_clipping(
+    updates: Tensor, center: Tensor, tau: float, iterations: int, workspace: Tensor | None = None
+) -> Tensor:
     """``v <- v + mean_i clip(u_i - v, tau)`` repeated ``iterations`` times from ``v = center``.
 
     ``clip(z, tau) = z * min(1, tau / ||z||)``. A non-finite row contributes zero (its
-    difference has no defined direction), so it cannot move the output.
+    difference has no defined direction), so it cannot move the output. Each iteration forms
+    the differences once (into ``workspace``, an optional ``(n, d)`` buffer reused across
+    calls) and averages the clipped ones as one matrix-vector product.
     """
     v = center
     for _ in range(iterations):
-        v = v + clip_rows(updates - v, tau).mean(dim=0)
+        diff = torch.sub(updates, v, out=workspace) if workspace is not None else updates - v
+        v = v + clipped_mean(diff, tau)
     return v
 
 
@@ -43,12 +48,19 @@ class CenteredClipping(Defense):
             raise ConfigError(f"defense.iterations={iterations} is invalid: it must be >= 1.")
         self.tau, self.iterations = tau, iterations
         self.center: Tensor | None = None
+        self._workspace: Tensor | None = None
 
     def __call__(self, updates: Tensor) -> Tensor:
         center = self.center if self.center is not None else torch.zeros_like(updates[0])
-        out = centered_clipping(updates, center, self.tau, self.iterations)
+        if self._workspace is None or self._workspace.shape != updates.shape:
+            self._workspace = torch.empty_like(updates)  # reused: no page faults per round
+        out = centered_clipping(updates, center, self.tau, self.iterations, self._workspace)
         self.center = out.detach().clone()
         return out
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (Defense.simulate) share nothing and need no workspace of their own yet.
+        return {**self.__dict__, "_workspace": None}
 
     def reset(self) -> None:
         super().reset()

@@ -10,10 +10,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from robustfl.linalg import finite_rows, pairwise_sq_distances
+from robustfl.linalg import finite_rows, pairwise_sq_distances, zero_nonfinite
 
 __all__ = [
     "clip_rows",
+    "clip_scales",
+    "clipped_mean",
     "finite_rows",
     "pairwise_sq_distances",
     "row_norms",
@@ -59,17 +61,24 @@ def row_norms(updates: Tensor) -> Tensor:
     return torch.where(torch.isfinite(norms), norms, torch.full_like(norms, torch.inf))
 
 
+def clip_scales(norms: Tensor, threshold: Tensor | float) -> Tensor:
+    """``(n,)`` factors ``min(1, threshold / norm)``, and 0 for a non-finite norm."""
+    threshold = torch.as_tensor(threshold, dtype=norms.dtype, device=norms.device)
+    scale = torch.clamp(threshold / norms.clamp(min=torch.finfo(norms.dtype).tiny), max=1.0)
+    return torch.where(torch.isfinite(norms), scale, torch.zeros_like(scale))
+
+
 def clip_rows(updates: Tensor, threshold: Tensor | float) -> Tensor:
     """Scale every row to norm at most ``threshold`` (a scalar or ``(n,)``); rows already
     inside are unchanged. Non-finite rows become zero (their direction is undefined)."""
-    norms = row_norms(updates)
-    scale = torch.clamp(
-        torch.as_tensor(threshold, dtype=updates.dtype, device=updates.device)
-        / norms.clamp(min=torch.finfo(updates.dtype).tiny),
-        max=1.0,
-    )
-    finite = torch.isfinite(norms)
-    clipped = updates * torch.where(finite, scale, torch.zeros_like(scale))[:, None]
-    return torch.where(
-        finite[:, None], clipped, torch.zeros((), dtype=updates.dtype, device=updates.device)
-    )
+    norms = torch.linalg.vector_norm(updates, dim=1)
+    scale = clip_scales(norms, threshold)
+    return zero_nonfinite(updates, torch.isfinite(norms)) * scale[:, None]
+
+
+def clipped_mean(updates: Tensor, threshold: Tensor | float) -> Tensor:
+    """``mean_i clip(u_i, threshold)`` as one matrix-vector product, without materializing
+    the clipped rows: ``(n, d) -> (d,)``. Non-finite rows contribute zero."""
+    norms = torch.linalg.vector_norm(updates, dim=1)
+    scale = clip_scales(norms, threshold)
+    return (scale @ zero_nonfinite(updates, torch.isfinite(norms))) / len(updates)

@@ -22,9 +22,9 @@ def meamed(updates: Tensor, f: int) -> Tensor:
     starts = f + 1  # windows [s, s + keep) for s = 0..f
     cost = torch.maximum(med - ordered[:starts], ordered[keep - 1 : keep - 1 + starts] - med)
     cost = torch.nan_to_num(cost, nan=torch.inf)  # a window reaching a NaN never wins
-    best = torch.argmin(cost, dim=0, keepdim=True)
-    cumulative = torch.cat([torch.zeros_like(ordered[:1]), ordered.cumsum(dim=0)])
-    return ((cumulative.gather(0, best + keep) - cumulative.gather(0, best)) / keep).squeeze(0)
+    best = torch.argmin(cost, dim=0, keepdim=True)  # (1, d): each coordinate's window start
+    rows = best + torch.arange(keep, device=ordered.device)[:, None]
+    return ordered.gather(0, rows).mean(dim=0)
 
 
 class MeaMed(Defense):

@@ -9,7 +9,7 @@ from defenses.base import Defense
 from defenses.functional import pairwise_sq_distances
 from defenses.krum import check_krum, default_neighbors
 from robustfl.errors import ConfigError
-from robustfl.linalg import krum_scores
+from robustfl.linalg import finite_rows, krum_scores, zero_nonfinite
 
 
 def multi_krum(
@@ -23,7 +23,10 @@ def multi_krum(
     scores = krum_scores(pairwise_sq_distances(updates), k)
     # A stable sort keeps ties in index order, so the selection is deterministic.
     chosen = torch.sort(scores, stable=True).indices[:m].sort().values
-    return updates[chosen].mean(dim=0), chosen
+    weights = torch.zeros(n, dtype=updates.dtype, device=updates.device)
+    weights[chosen] = 1.0 / m
+    # The mean of the chosen rows without copying them (non-chosen non-finite rows zeroed).
+    return weights @ zero_nonfinite(updates, finite_rows(updates)), chosen
 
 
 class MultiKrum(Defense):

@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from defenses.base import Defense
-from defenses.functional import clip_rows
+from defenses.functional import clipped_mean
 from robustfl.errors import ConfigError
 
 
@@ -33,7 +33,7 @@ class NormBound(Defense):
         self._generator = ctx.defense_generator
 
     def __call__(self, updates: Tensor) -> Tensor:
-        out = clip_rows(updates, self.M).mean(dim=0)
+        out = clipped_mean(updates, self.M)
         if self.sigma:
             noise = torch.randn(out.shape, generator=self._generator, dtype=out.dtype)
             out = out + self.sigma * noise.to(out.device)

@@ -78,8 +78,11 @@ class BaseConfig:
 
 
 def register_configs() -> None:
-    """Register the schema; idempotent. Called on import of :mod:`robustfl.cli`."""
+    """Register the schema and the ``add`` resolver (``${add:10,${fl.num_byzantine}}``, for
+    presets whose client count is honest plus Byzantine); idempotent."""
     ConfigStore.instance().store(name="base_config", node=BaseConfig)
+    if not OmegaConf.has_resolver("add"):
+        OmegaConf.register_new_resolver("add", lambda *values: sum(values))
 
 
 def _require(ok: bool, message: str) -> None:

@@ -9,6 +9,7 @@ to ``metrics.jsonl``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
@@ -109,10 +110,21 @@ def setup(cfg: DictConfig) -> Simulation:
     defense.check(per_round)
 
     dataset: Dataset = build(cfg.dataset, seed=cfg.seed)
+    byz_gen = torch_generator(cfg.seed, "byzantine")
+    byzantine_ids = (
+        torch.randperm(fl.num_clients, generator=byz_gen)[: fl.num_byzantine].sort().values
+    )
+    is_byzantine = torch.zeros(fl.num_clients, dtype=torch.bool)
+    is_byzantine[byzantine_ids] = True
+
     partitioner = build(cfg.partition, _partial_=True)
-    labels = dataset.y_train.numpy()
-    extra = {"min_size": fl.batch_size} if cfg.partition._target_.endswith(".dirichlet") else {}
-    parts = partitioner(labels, fl.num_clients, numpy_generator(cfg.seed, "partition"), **extra)
+    # Optional facts a partition may ask for by naming them as parameters.
+    offered = {"min_size": fl.batch_size, "byzantine": is_byzantine.numpy()}
+    accepted = inspect.signature(partitioner.func).parameters
+    extra = {k: v for k, v in offered.items() if k in accepted and k not in partitioner.keywords}
+    parts = partitioner(
+        dataset.y_train.numpy(), fl.num_clients, numpy_generator(cfg.seed, "partition"), **extra
+    )
     smallest = min(len(p) for p in parts)
     if smallest < fl.batch_size:
         raise ConfigError(
@@ -120,13 +132,6 @@ def setup(cfg: DictConfig) -> Simulation:
             f"fl.batch_size={fl.batch_size}: every client needs at least one batch. Lower "
             "fl.batch_size or fl.num_clients, or change the partition's parameters."
         )
-
-    byz_gen = torch_generator(cfg.seed, "byzantine")
-    byzantine_ids = (
-        torch.randperm(fl.num_clients, generator=byz_gen)[: fl.num_byzantine].sort().values
-    )
-    is_byzantine = torch.zeros(fl.num_clients, dtype=torch.bool)
-    is_byzantine[byzantine_ids] = True
 
     attack.bind(dataset.num_classes, dataset.input_shape, float(dataset.x_train.max()))
     poison_gen = torch_generator(cfg.seed, "poison_data")
@@ -506,7 +511,15 @@ def _summary(cfg: DictConfig, sim: Simulation, digest: str, state: RunState) -> 
         **_run_info(cfg),
         "status": state.status,
         "rounds_completed": state.next_round,
-        "final": {k: final[k] for k in ("round", "accuracy", "loss", "asr") if k in final},
+        "final": {
+            **{k: final[k] for k in ("round", "accuracy", "loss", "asr") if k in final},
+            # The bucketing paper reports the mean of the last 5 evaluations.
+            **(
+                {"accuracy_last5_mean": sum(h["accuracy"] for h in finite[-5:]) / len(finite[-5:])}
+                if finite
+                else {}
+            ),
+        },
         "best": best,
         "worst_robustness_error": state.worst_error,
         "byzantine_selected_share": (

@@ -86,3 +86,51 @@ def partition_hash(parts: list[np.ndarray]) -> str:
         digest.update(np.asarray(part, dtype=np.int64).tobytes())
         digest.update(b"|")
     return digest.hexdigest()[:16]
+
+
+def _sorted_by_label(labels: np.ndarray, indices: np.ndarray, rng: np.random.Generator):
+    """``indices`` ordered by label, randomly within a label."""
+    return indices[np.lexsort((rng.random(len(indices)), labels[indices]))]
+
+
+def label_sorted(
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    byzantine: np.ndarray | None = None,
+) -> list[np.ndarray]:
+    """Karimireddy, He and Jaggi (2022)'s non-IID split: the training set sorted by label and
+    cut into contiguous equal shards, one per *honest* client, while each Byzantine client gets
+    an IID sample of the same size from the whole training set (it may overlap honest data).
+
+    ``byzantine`` is the ``(num_clients,)`` bool mask of Byzantine clients (the engine passes
+    it); without it every client is treated as honest.
+    """
+    is_byz = np.zeros(num_clients, bool) if byzantine is None else np.asarray(byzantine, bool)
+    honest = np.flatnonzero(~is_byz)
+    if len(honest) == 0:
+        raise ConfigError("partition=label_sorted needs at least one honest client.")
+    order = _sorted_by_label(labels, np.arange(len(labels)), rng)
+    pieces = np.array_split(order, len(honest))
+    size = len(labels) // num_clients
+    parts: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * num_clients
+    for client, piece in zip(honest, pieces, strict=True):
+        parts[client] = np.sort(piece)
+    for client in np.flatnonzero(is_byz):
+        parts[client] = np.sort(rng.choice(len(labels), size=size, replace=False))
+    return parts
+
+
+def gamma_similarity(
+    labels: np.ndarray, num_clients: int, rng: np.random.Generator, gamma: float = 0.5
+) -> list[np.ndarray]:
+    """The ByzFL benchmark's gamma-similarity: a share ``gamma`` of the (shuffled) data is dealt
+    IID, the rest is sorted by label and cut into contiguous shards; every client gets one
+    piece of each. ``gamma = 1`` is IID, ``gamma = 0`` fully label-sorted."""
+    if not 0 <= gamma <= 1:
+        raise ConfigError(f"partition.gamma={gamma} is invalid: it must be in [0, 1].")
+    shuffled = rng.permutation(len(labels))
+    cut = round(gamma * len(labels))
+    iid_part = np.array_split(shuffled[:cut], num_clients)
+    sorted_part = np.array_split(_sorted_by_label(labels, shuffled[cut:], rng), num_clients)
+    return [np.sort(np.concatenate([a, b])) for a, b in zip(iid_part, sorted_part, strict=True)]

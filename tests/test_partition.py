@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from robustfl.errors import ConfigError
-from robustfl.partition import dirichlet, iid, partition_hash, shards
+from robustfl.partition import (
+    dirichlet,
+    gamma_similarity,
+    iid,
+    label_sorted,
+    partition_hash,
+    shards,
+)
 
 LABELS = np.repeat(np.arange(10), 100)  # 1,000 samples, 10 balanced classes
 
@@ -60,3 +67,28 @@ def test_partitions_are_deterministic_and_hash_differs_between_them():
     a, b = iid(LABELS, 10, rng(5)), iid(LABELS, 10, rng(5))
     assert partition_hash(a) == partition_hash(b)
     assert partition_hash(a) != partition_hash(iid(LABELS, 10, rng(6)))
+
+
+def test_label_sorted_gives_honest_clients_contiguous_labels_and_byzantine_iid():
+    byzantine = np.zeros(10, bool)
+    byzantine[[2, 7]] = True
+    parts = label_sorted(LABELS, 10, rng(4), byzantine=byzantine)
+    honest = [parts[i] for i in range(10) if not byzantine[i]]
+    check_is_partition(honest, len(LABELS))  # honest clients split the whole set
+    for p in honest:
+        assert len(np.unique(LABELS[p])) <= 2  # 8 contiguous shards of 125 over 10 labels
+    for i in (2, 7):
+        assert len(parts[i]) == 100 and len(np.unique(LABELS[parts[i]])) >= 8
+
+
+def test_gamma_similarity_interpolates_between_sorted_and_iid():
+    def labels_per_client(gamma):
+        parts = gamma_similarity(LABELS, 10, rng(5), gamma=gamma)
+        check_is_partition(parts, len(LABELS))
+        return np.mean([len(np.unique(LABELS[p])) for p in parts])
+
+    assert labels_per_client(0.0) <= 2
+    assert labels_per_client(1.0) == 10
+    assert labels_per_client(0.0) < labels_per_client(0.5) <= labels_per_client(1.0)
+    with pytest.raises(ConfigError, match="partition.gamma"):
+        gamma_similarity(LABELS, 10, rng(), gamma=1.5)

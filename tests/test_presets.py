@@ -1,0 +1,89 @@
+"""Experiment presets compose; reduced versions of the reproduction presets show the
+qualitative orderings of the papers (slow)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SHARED_MNIST
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from robustfl.api import compose_config, run_experiment
+from robustfl.config import register_configs
+
+
+def sweep_params(preset: str) -> dict:
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="robustfl.conf", version_base="1.3"):
+        cfg = compose("config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    return dict(cfg.hydra.sweeper.params)
+
+
+@pytest.mark.parametrize("preset", ["grid", "heterogeneity", "bucketing_mimic", "byzfl_heatmap"])
+def test_presets_compose_and_sweep(preset):
+    params = sweep_params(preset)
+    assert params
+    cfg = compose_config([f"experiment={preset}"])
+    assert cfg.fl.rounds > 0
+
+
+def test_byzfl_preset_counts_honest_plus_byzantine():
+    cfg = compose_config(["experiment=byzfl_heatmap", "fl.num_byzantine=3"])
+    assert cfg.fl.num_clients == 13
+    assert [p if isinstance(p, str) else p["name"] for p in cfg.defense.pre] == ["clipping", "nnm"]
+
+
+needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="shared MNIST files absent")
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_bucketing_mimic_reduced_orderings(tmp_path):
+    """Non-IID mimic: Krum and median fall clearly below the mean; bucketing helps Krum."""
+    base = [
+        "experiment=bucketing_mimic",
+        f"dataset.root={SHARED_MNIST}",
+        "partition=label_sorted",
+        "fl.rounds=300",
+        "fl.eval_every=50",
+        "seed=0",
+    ]
+
+    def accuracy(*extra):
+        summary = run_experiment([*base, *extra], tmp_path / "_".join(extra).replace("/", ""))
+        return summary["final"]["accuracy_last5_mean"]
+
+    mean, krum, median = (
+        accuracy("defense=mean"),
+        accuracy("defense=krum"),
+        accuracy("defense=median"),
+    )
+    krum_bucketed = accuracy("defense=krum", "defense.pre=[{name:bucketing,s:2}]")
+    assert krum < mean - 0.1 and median < mean - 0.05
+    assert krum_bucketed > krum
+
+
+@pytest.mark.slow
+@needs_mnist
+def test_byzfl_heatmap_reduced_orderings(tmp_path):
+    """IID data keeps NNM + trimmed mean high; sorted data with f = 4 breaks it."""
+    base = [
+        "experiment=byzfl_heatmap",
+        f"dataset.root={SHARED_MNIST}",
+        "fl.rounds=200",
+        "fl.eval_every=50",
+        "defense=trimmed_mean",
+    ]
+
+    def worst(gamma, f):
+        return min(
+            run_experiment(
+                [*base, f"partition.gamma={gamma}", f"fl.num_byzantine={f}", f"attack={a}"],
+                tmp_path / f"{gamma}_{f}_{a}",
+            )["best"]["accuracy"]
+            for a in ("sign_flip", "optimal_ipm", "optimal_alie")
+        )
+
+    assert worst(1.0, 1) > 0.85
+    assert worst(0.0, 4) < worst(1.0, 1) - 0.2
