@@ -181,3 +181,14 @@ def instantiate_option(node: Any, **kwargs: Any) -> Any:
 def clients_per_round(fl: DictConfig) -> int:
     """Participating clients per round: ``fl.clients_per_round``, or every client when null."""
     return fl.num_clients if fl.clients_per_round is None else int(fl.clients_per_round)
+
+
+def defense_label(node: Any) -> str:
+    """The defense's name, prefixed by its pre-aggregators: ``"nnm+bucketing+krum"``."""
+    stages = []
+    for entry in node.get("pre") or []:
+        if isinstance(entry, str):
+            stages.append(entry)
+        else:
+            stages.append(str(entry.get("name") or str(entry.get("_target_", "?")).split(".")[-1]))
+    return "+".join([*stages, str(node.get("name", "?"))])

@@ -26,7 +26,13 @@ from torch import Tensor, nn
 from attacks.base import Attack
 from defenses.base import Defense, build_defense
 from robustfl.checkpoint import load_checkpoint, save_checkpoint
-from robustfl.config import clients_per_round, instantiate_option, to_container, validate
+from robustfl.config import (
+    clients_per_round,
+    defense_label,
+    instantiate_option,
+    to_container,
+    validate,
+)
 from robustfl.context import RoundContext
 from robustfl.data import Dataset
 from robustfl.errors import ConfigError
@@ -318,7 +324,7 @@ def evaluate_global(sim: Simulation) -> dict[str, float]:
 def _run_info(cfg: DictConfig) -> dict[str, Any]:
     return {
         "attack": cfg.attack.get("name", "?"),
-        "defense": cfg.defense.get("name", "?"),
+        "defense": defense_label(cfg.defense),
         "dataset": cfg.dataset.get("name", "?"),
         "partition": cfg.partition.get("name", "?"),
         "model": cfg.model.get("name", "?"),

@@ -24,6 +24,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import yaml
 
+from robustfl.config import defense_label
 from robustfl.results import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 COLUMNS = [
@@ -36,6 +37,7 @@ COLUMNS = [
     "f",
     "seed",
     "final_accuracy",
+    "last5_accuracy",
     "best_accuracy",
     "asr",
     "status",
@@ -81,7 +83,10 @@ def run_row(folder: Path) -> dict[str, Any]:
     accuracies = [h["accuracy"] for h in history if h.get("accuracy") is not None]
     return {
         "attack": summary.get("attack") or config.get("attack", {}).get("name"),
-        "defense": summary.get("defense") or config.get("defense", {}).get("name"),
+        # From the config when there is one: it names the pre-aggregators too.
+        "defense": defense_label(config["defense"])
+        if config.get("defense")
+        else summary.get("defense"),
         "dataset": summary.get("dataset") or config.get("dataset", {}).get("name"),
         "partition": summary.get("partition") or partition.get("name"),
         "partition_param": _partition_param(partition),
@@ -89,6 +94,7 @@ def run_row(folder: Path) -> dict[str, Any]:
         "f": summary.get("num_byzantine", fl.get("num_byzantine")),
         "seed": summary.get("seed", config.get("seed")),
         "final_accuracy": final.get("accuracy", accuracies[-1] if accuracies else None),
+        "last5_accuracy": final.get("accuracy_last5_mean", _mean_last(accuracies, 5)),
         "best_accuracy": summary.get("best", {}).get(
             "accuracy", max(accuracies) if accuracies else None
         ),
@@ -96,6 +102,10 @@ def run_row(folder: Path) -> dict[str, Any]:
         "status": summary.get("status", "unfinished"),
         "run_dir": str(folder),
     }
+
+
+def _mean_last(values: list[float], k: int) -> float | None:
+    return sum(values[-k:]) / len(values[-k:]) if values else None
 
 
 def collect(roots: list[Path]) -> pd.DataFrame:

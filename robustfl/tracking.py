@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from robustfl.config import defense_label
+
 log = logging.getLogger(__name__)
 
 #: Environment variables this module sets per run (and may overwrite on the next run in the
@@ -111,7 +113,7 @@ class WandbTracker:
             _own_env(var, str(path))
         import wandb
 
-        attack, defense = config["attack"].get("name"), config["defense"].get("name")
+        attack, defense = config["attack"].get("name"), defense_label(config["defense"])
         seed = config.get("seed")
         flat = flatten(config)
         flat.update(
@@ -133,7 +135,7 @@ class WandbTracker:
             name=self.settings.name or f"{attack}-vs-{defense}-s{seed}",
             job_type=self.settings.job_type,
             tags=[str(t) for t in (self.settings.tags or [])]
-            + [f"attack:{attack}", f"defense:{defense}"],
+            + [f"attack:{attack}", f"defense:{defense}", f"dataset:{flat['dataset']}"],
             config=flat,
             dir=str(run_dir),
             reinit="finish_previous",

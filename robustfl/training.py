@@ -114,6 +114,63 @@ def make_loss(model: nn.Module):
     return loss
 
 
+def mlp_plan(model: nn.Module) -> list[tuple[str, str, bool]] | None:
+    """For ``Sequential(Flatten, Linear, ReLU, ..., Linear)`` (the ``logreg`` and ``mlp``
+    models), the layers as ``(weight name, bias name, ReLU follows)``; ``None`` otherwise."""
+    if not isinstance(model, nn.Sequential) or not len(model):
+        return None
+    modules = list(model.named_children())
+    if not isinstance(modules[0][1], nn.Flatten):
+        return None
+    plan: list[tuple[str, str, bool]] = []
+    for position, (name, module) in enumerate(modules[1:], start=1):
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            plan.append((f"{name}.weight", f"{name}.bias", False))
+        elif isinstance(module, nn.ReLU) and plan and not plan[-1][2] and position > 1:
+            plan[-1] = (plan[-1][0], plan[-1][1], True)
+        else:
+            return None
+    return plan if plan and not plan[-1][2] else None
+
+
+def make_mlp_grads(plan: list[tuple[str, str, bool]]):
+    """Per-client gradients of the mean cross-entropy for an MLP, by hand with batched matrix
+    products: ``grads(params, x (C, B, ...), y (C, B)) -> {name: (C, *shape)}``.
+
+    The same values as ``vmap(grad(loss))`` (tested), with fewer and larger kernels: no
+    autograd graph, no vmap batching rules, and no gradient for the input.
+    """
+
+    def grads(params: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        batch = x.shape[1]
+        h = x.flatten(2)
+        inputs, masks = [], []
+        for weight, bias, relu in plan:
+            inputs.append(h)
+            h = torch.baddbmm(params[bias].unsqueeze(1), h, params[weight].transpose(1, 2))
+            if relu:
+                mask = h > 0
+                masks.append(mask)
+                h = h * mask
+            else:
+                masks.append(None)
+        delta = torch.softmax(h, dim=-1)  # d loss / d logits = (softmax - onehot) / B
+        delta.scatter_add_(2, y.unsqueeze(2), torch.full_like(y.unsqueeze(2), -1, dtype=h.dtype))
+        delta.div_(batch)
+        out: dict[str, Tensor] = {}
+        for index in range(len(plan) - 1, -1, -1):
+            weight, bias, _ = plan[index]
+            out[weight] = torch.bmm(delta.transpose(1, 2), inputs[index])
+            out[bias] = delta.sum(dim=1)
+            if index:
+                delta = torch.bmm(delta, params[weight])
+                if masks[index - 1] is not None:
+                    delta.mul_(masks[index - 1])
+        return out
+
+    return grads
+
+
 class LocalTrainer:
     """Local SGD (with optional momentum and weight decay) for many clients at once.
 
@@ -137,7 +194,14 @@ class LocalTrainer:
         self.layout = layout
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.chunk_size = chunk_size
-        self._grads = vmap(grad(make_loss(model)), in_dims=(0, 0, 0))
+        plan = mlp_plan(model)
+        # MLPs take the hand-written batched path (faster); anything else vmap(grad(loss)).
+        self.fast_path = plan is not None
+        self._grads = (
+            make_mlp_grads(plan)
+            if plan is not None
+            else vmap(grad(make_loss(model)), in_dims=(0, 0, 0))
+        )
 
     def train(
         self,

@@ -59,3 +59,26 @@ def test_batches_stay_within_each_client_and_cover_it_without_replacement():
         assert drawn.min() >= start and drawn.max() < start + size
         first_pass = drawn[:size] if len(drawn) >= size else drawn
         assert len(set(first_pass.tolist())) == len(first_pass)  # no repeat within a pass
+
+
+@pytest.mark.parametrize("hidden", [[], [16], [32, 8]])
+def test_hand_written_mlp_gradients_equal_vmap_grad(hidden):
+    from torch.func import grad, vmap
+
+    from robustfl.models import logreg
+    from robustfl.training import make_loss, make_mlp_grads, mlp_plan
+
+    builder = logreg if not hidden else (lambda **k: mlp(hidden=hidden, **k))
+    model = init_model(builder, (1, 8, 8), 10, seed=3)
+    plan = mlp_plan(model)
+    assert plan is not None and len(plan) == len(hidden) + 1
+    layout = ParamLayout.of(model)
+    params = layout.unflatten(
+        layout.flatten(model).expand(4, -1).clone() + 0.1 * torch.randn(4, layout.d)
+    )
+    x, y = torch.randn(4, 6, 1, 8, 8), torch.randint(0, 10, (4, 6))
+    fast = make_mlp_grads(plan)(params, x, y)
+    slow = vmap(grad(make_loss(model)), in_dims=(0, 0, 0))(params, x, y)
+    for name in layout.names:
+        torch.testing.assert_close(fast[name], slow[name], rtol=1e-4, atol=1e-6)
+    assert mlp_plan(cnn((1, 8, 8), 10)) is None
