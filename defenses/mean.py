@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
 from defenses.base import Defense
@@ -35,5 +34,4 @@ class Mean(Defense):
         weights = self._weights
         if weights is not None and len(weights) != len(updates):
             weights = None  # rows were mixed by a pre-aggregator: counts no longer apply
-        self.last_selected = torch.arange(len(updates), device=updates.device)
         return mean(updates, weights)
