@@ -101,7 +101,7 @@ def setup(cfg: DictConfig) -> Simulation:
     """
     validate(cfg)
     fl = cfg.fl
-    device = resolve_device(str(cfg.device.value if hasattr(cfg.device, "value") else cfg.device))
+    device = resolve_device(str(getattr(cfg.device, "value", cfg.device)))
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 

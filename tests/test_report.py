@@ -10,18 +10,11 @@ import subprocess
 
 import pandas as pd
 import pytest
+from conftest import FAST
 from omegaconf import OmegaConf
 
 from robustfl.api import compose_config, run_experiment
 from robustfl.report import main, worst_case
-
-FAST = [
-    "fl.num_clients=10",
-    "fl.num_byzantine=2",
-    "fl.rounds=4",
-    "fl.eval_every=2",
-    "progress=false",
-]
 
 
 @pytest.fixture(scope="module")

@@ -8,19 +8,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import FAST as CONFTEST_FAST
 from wandb_records import read_run
 
 from robustfl.results import read_metrics
 from robustfl.tracking import flatten, resolve_mode
 
-FAST = [
-    "fl.num_clients=10",
-    "fl.num_byzantine=2",
-    "fl.rounds=4",
-    "fl.eval_every=2",
-    "progress=false",
-    "tracker.mode=offline",
-]
+FAST = [*CONFTEST_FAST, "tracker.mode=offline"]
 
 
 def cli(args, cwd, **env):
