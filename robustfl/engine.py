@@ -422,7 +422,8 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> dict[str, 
         writer.write(record)
         if tracker is not None:
             tracker.log(record, step=record["round"])
-    offset = time.perf_counter() - state.timers.get("total_s", 0.0)
+    # total_s counts this process from its start (set-up included) plus earlier processes'.
+    offset = started - state.timers.get("total_s", 0.0)
     progress = _progress(cfg, initial=state.next_round)
     every = cfg.get("checkpoint_every", 1)
     try:

@@ -133,42 +133,59 @@ def mlp_plan(model: nn.Module) -> list[tuple[str, str, bool]] | None:
     return plan if plan and not plan[-1][2] else None
 
 
-def make_mlp_grads(plan: list[tuple[str, str, bool]]):
-    """Per-client gradients of the mean cross-entropy for an MLP, by hand with batched matrix
-    products: ``grads(params, x (C, B, ...), y (C, B)) -> {name: (C, *shape)}``.
+def mlp_sgd_step(
+    plan: list[tuple[str, str, bool]],
+    params: dict[str, Tensor],
+    buffers: dict[str, Tensor] | None,
+    x: Tensor,
+    y: Tensor,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+) -> None:
+    """One SGD step of every client of an MLP, in place, by hand with batched matrix products.
 
-    The same values as ``vmap(grad(loss))`` (tested), with fewer and larger kernels: no
-    autograd graph, no vmap batching rules, and no gradient for the input.
+    ``params`` (and ``buffers``, the momentum) are ``{name: (C, *shape)}`` views of the flat
+    rows; ``x (C, B, ...)``, ``y (C, B)``. The gradient of the mean cross-entropy is formed
+    layer by layer and folded straight into the parameters with ``baddbmm_``: no autograd
+    graph, no vmap, and no ``(C, out, in)`` gradient tensor per step (allocating those fresh
+    each step cost more, in page faults, than computing them). The same update as
+    ``torch.optim.SGD`` (tested against the per-client loop).
     """
-
-    def grads(params: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        batch = x.shape[1]
-        h = x.flatten(2)
-        inputs, masks = [], []
-        for weight, bias, relu in plan:
-            inputs.append(h)
-            h = torch.baddbmm(params[bias].unsqueeze(1), h, params[weight].transpose(1, 2))
-            if relu:
-                mask = h > 0
-                masks.append(mask)
-                h = h * mask
-            else:
-                masks.append(None)
-        delta = torch.softmax(h, dim=-1)  # d loss / d logits = (softmax - onehot) / B
-        delta.scatter_add_(2, y.unsqueeze(2), torch.full_like(y.unsqueeze(2), -1, dtype=h.dtype))
-        delta.div_(batch)
-        out: dict[str, Tensor] = {}
-        for index in range(len(plan) - 1, -1, -1):
-            weight, bias, _ = plan[index]
-            out[weight] = torch.bmm(delta.transpose(1, 2), inputs[index])
-            out[bias] = delta.sum(dim=1)
-            if index:
-                delta = torch.bmm(delta, params[weight])
-                if masks[index - 1] is not None:
-                    delta.mul_(masks[index - 1])
-        return out
-
-    return grads
+    batch = x.shape[1]
+    h = x.flatten(2)
+    inputs = []
+    for weight, bias, relu in plan:
+        inputs.append(h)
+        h = torch.baddbmm(params[bias].unsqueeze(1), h, params[weight].transpose(1, 2))
+        if relu:
+            h = h.relu_()
+    delta = torch.softmax(h, dim=-1)  # d loss / d logits = (softmax - onehot) / B
+    delta.scatter_add_(2, y.unsqueeze(2), torch.full_like(y.unsqueeze(2), -1, dtype=h.dtype))
+    delta.div_(batch)
+    for index in range(len(plan) - 1, -1, -1):
+        weight, bias, _ = plan[index]
+        below = inputs[index]
+        # Back-propagate through the old weights before they change.
+        upstream = torch.bmm(delta, params[weight]).mul_(below > 0) if index else None
+        bias_grad = delta.sum(dim=1)
+        steps = (
+            (weight, lambda t, a, d=delta, b=below: t.baddbmm_(d.transpose(1, 2), b, alpha=a)),
+            (bias, lambda t, a, g=bias_grad: t.add_(g, alpha=a)),
+        )
+        for name, add_grad in steps:  # add_grad(t, a): t += a * gradient, in place
+            param = params[name]
+            if buffers is not None:  # buf = m buf + g + wd theta; theta -= lr buf
+                buf = buffers[name].mul_(momentum)
+                add_grad(buf, 1.0)
+                if weight_decay:
+                    buf.add_(param, alpha=weight_decay)
+                param.add_(buf, alpha=-lr)
+            else:  # theta -= lr (g + wd theta)
+                if weight_decay:
+                    param.mul_(1.0 - lr * weight_decay)
+                add_grad(param, -lr)
+        delta = upstream
 
 
 class LocalTrainer:
@@ -194,14 +211,9 @@ class LocalTrainer:
         self.layout = layout
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.chunk_size = chunk_size
-        plan = mlp_plan(model)
-        # MLPs take the hand-written batched path (faster); anything else vmap(grad(loss)).
-        self.fast_path = plan is not None
-        self._grads = (
-            make_mlp_grads(plan)
-            if plan is not None
-            else vmap(grad(make_loss(model)), in_dims=(0, 0, 0))
-        )
+        # MLPs take the hand-written in-place step (faster); other models vmap(grad(loss)).
+        self.mlp_plan = mlp_plan(model)
+        self._grads = vmap(grad(make_loss(model)), in_dims=(0, 0, 0))
 
     def train(
         self,
@@ -250,6 +262,18 @@ class LocalTrainer:
         buffers = self.layout.unflatten(bufs) if self.momentum else None
         for step in range(steps):
             rows = batches[:, step]
+            if self.mlp_plan is not None:
+                mlp_sgd_step(
+                    self.mlp_plan,
+                    params,
+                    buffers,
+                    x[rows],
+                    y[rows],
+                    self.lr,
+                    self.momentum,
+                    self.weight_decay,
+                )
+                continue
             grads = self._grads(params, x[rows], y[rows])
             for name in self.layout.names:
                 g = grads[name]

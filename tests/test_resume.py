@@ -17,7 +17,8 @@ from robustfl.checkpoint import load_checkpoint
 from robustfl.results import read_metrics
 
 # Stateful pieces on purpose: client and server momentum, centered clipping's center,
-# mimic's direction, client sampling.
+# mimic's direction, client sampling. One torch thread everywhere: the reference runs in this
+# process and the others in subprocesses, and float sums depend on the thread count.
 OVERRIDES = [
     "fl.num_clients=10",
     "fl.num_byzantine=2",
@@ -28,6 +29,7 @@ OVERRIDES = [
     "defense=centered_clipping",
     "fl.eval_every=1",
     "progress=false",
+    "threads=1",
 ]
 
 

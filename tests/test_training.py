@@ -19,11 +19,28 @@ def make_data(num_clients=6, shape=(1, 8, 8), seed=0):
     return ClientData.from_parts(parts)
 
 
+def deep_mlp(**kwargs):
+    return mlp(hidden=[32, 8], **kwargs)
+
+
+def logreg_model(**kwargs):
+    from robustfl.models import logreg
+
+    return logreg(**kwargs)
+
+
 @pytest.mark.parametrize(
     ("builder", "momentum", "weight_decay", "chunk"),
-    [(mlp, 0.0, 0.0, 0), (mlp, 0.9, 1e-3, 4), (cnn, 0.5, 0.0, 0)],
+    [
+        (mlp, 0.0, 0.0, 0),
+        (mlp, 0.9, 1e-3, 4),
+        (deep_mlp, 0.0, 1e-2, 0),
+        (logreg_model, 0.5, 0.0, 3),
+        (cnn, 0.5, 0.0, 0),  # the vmap(grad) path
+        (cnn, 0.0, 1e-3, 4),
+    ],
 )
-def test_vmap_engine_equals_per_client_loop(builder, momentum, weight_decay, chunk):
+def test_engine_equals_per_client_loop(builder, momentum, weight_decay, chunk):
     data = make_data()
     model = init_model(builder, (1, 8, 8), 10, seed=1)
     layout = ParamLayout.of(model)
@@ -61,24 +78,10 @@ def test_batches_stay_within_each_client_and_cover_it_without_replacement():
         assert len(set(first_pass.tolist())) == len(first_pass)  # no repeat within a pass
 
 
-@pytest.mark.parametrize("hidden", [[], [16], [32, 8]])
-def test_hand_written_mlp_gradients_equal_vmap_grad(hidden):
-    from torch.func import grad, vmap
-
+def test_mlp_fast_path_is_used_only_for_mlps():
     from robustfl.models import logreg
-    from robustfl.training import make_loss, make_mlp_grads, mlp_plan
+    from robustfl.training import mlp_plan
 
-    builder = logreg if not hidden else (lambda **k: mlp(hidden=hidden, **k))
-    model = init_model(builder, (1, 8, 8), 10, seed=3)
-    plan = mlp_plan(model)
-    assert plan is not None and len(plan) == len(hidden) + 1
-    layout = ParamLayout.of(model)
-    params = layout.unflatten(
-        layout.flatten(model).expand(4, -1).clone() + 0.1 * torch.randn(4, layout.d)
-    )
-    x, y = torch.randn(4, 6, 1, 8, 8), torch.randint(0, 10, (4, 6))
-    fast = make_mlp_grads(plan)(params, x, y)
-    slow = vmap(grad(make_loss(model)), in_dims=(0, 0, 0))(params, x, y)
-    for name in layout.names:
-        torch.testing.assert_close(fast[name], slow[name], rtol=1e-4, atol=1e-6)
+    assert len(mlp_plan(mlp((1, 8, 8), 10, hidden=[32, 8]))) == 3
+    assert len(mlp_plan(logreg((64,), 10))) == 1
     assert mlp_plan(cnn((1, 8, 8), 10)) is None
