@@ -256,7 +256,10 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
     )
     if momentum_rows is not None and not everyone:
         sim.client_momentum[clients.to(sim.device)] = momentum_rows
-    honest_mean = updates[honest_rows.to(sim.device)].mean(dim=0)
+    # The honest mean as a matrix-vector product: no copy of the honest rows.
+    honest_weights = torch.zeros(len(clients), dtype=updates.dtype, device=sim.device)
+    honest_weights[honest_rows.to(sim.device)] = 1.0 / max(len(honest_rows), 1)
+    honest_mean = honest_weights @ updates
     timers["train_s"] += time.perf_counter() - tic
 
     ctx = RoundContext(

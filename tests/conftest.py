@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,25 @@ SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
     return tmp_path / "run"
+
+
+def run_cli(*args: str, cwd: Path, clean_wandb_env: bool = False, **env: str):
+    """Run ``python -m robustfl ARGS`` in ``cwd`` with W&B disabled, or, with
+    ``clean_wandb_env``, with every ``WANDB_*`` variable removed (then ``env`` decides)."""
+    environment = {
+        k: v for k, v in os.environ.items() if not (clean_wandb_env and k.startswith("WANDB_"))
+    }
+    if not clean_wandb_env:
+        environment["WANDB_MODE"] = "disabled"
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "robustfl", *args],
+        cwd=cwd,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 #: Small, fast settings for end-to-end runs on digits.

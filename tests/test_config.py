@@ -1,12 +1,9 @@
 """Validation of user input: one clear message naming the key, before any training."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-from conftest import FAST, REPO
+from conftest import FAST, REPO, run_cli
 
 from robustfl.api import compose_config, run_experiment
 from robustfl.errors import ConfigError
@@ -39,18 +36,6 @@ def test_invalid_values_are_rejected_before_training(tmp_path, override, message
 def test_wrong_type_is_rejected_naming_the_key():
     with pytest.raises(Exception, match="fl.rounds"):
         compose_config(["fl.rounds=abc"])
-
-
-def run_cli(*args, cwd):
-    env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, "-m", "robustfl", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_cli_runs_end_to_end_and_prints_one_result_line(tmp_path):

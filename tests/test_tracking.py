@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 from conftest import FAST as CONFTEST_FAST
+from conftest import run_cli
 from wandb_records import read_run
 
 from robustfl.results import read_metrics
@@ -18,16 +16,7 @@ FAST = [*CONFTEST_FAST, "tracker.mode=offline"]
 
 
 def cli(args, cwd, **env):
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    environment.update(env)
-    return subprocess.run(
-        [sys.executable, "-m", "robustfl", *args],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, cwd=cwd, clean_wandb_env=True, **env)
 
 
 def wandb_file(run_dir):
