@@ -43,8 +43,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
-# The published settings (docs/results.md). About 7 hours on 2 cores with the default MLP:
-# 17 minutes for bucketing_mimic, the rest for byzfl_heatmap's searched attacks.
+# The published settings (docs/results.md). On 2 cores with the default MLP: bucketing_mimic
+# took 17 minutes; byzfl_heatmap is estimated at 6.5 hours (its searched attacks dominate).
 reproduce: $(STAMP)
 	$(BIN)/robustfl -m experiment=bucketing_mimic hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/bucketing_mimic resume=true
 	$(BIN)/robustfl -m experiment=byzfl_heatmap hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/byzfl_heatmap resume=true
