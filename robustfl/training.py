@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
@@ -304,7 +303,3 @@ def evaluate(
             correct += int((logits.argmax(dim=1) == target).sum())
     n = max(len(y), 1)
     return correct / n, total_loss / n
-
-
-def as_index_tensor(indices: np.ndarray | list[int]) -> Tensor:
-    return torch.as_tensor(np.asarray(indices, dtype=np.int64))
