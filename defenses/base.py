@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 from typing import Any
 
 from torch import Tensor
@@ -155,7 +156,7 @@ def _build_pre(entry: Any, f: int | None) -> PreAggregator:
             )
         module, cls = PRE_AGGREGATORS[name].split(":")
         factory = getattr(importlib.import_module(module), cls)
-        if f is not None and "f" in factory.__init__.__code__.co_varnames and "f" not in entry:
+        if f is not None and "f" in inspect.signature(factory).parameters and "f" not in entry:
             entry["f"] = f
         stage = factory(**entry)
     else:

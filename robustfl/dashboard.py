@@ -22,6 +22,31 @@ def build_workspace(entity: str, project: str, name: str = "robustfl: defenses v
     import wandb_workspaces.workspaces as ws
 
     by_defense = wr.Config("defense")
+
+    def bars(title: str, summary_key: str) -> Any:
+        return wr.BarPlot(
+            title=title,
+            metrics=[wr.SummaryMetric(summary_key)],
+            groupby=by_defense,
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stddev",
+            orientation="v",
+        )
+
+    def curve(title: str, metric: str, **options: Any) -> Any:
+        return wr.LinePlot(
+            title=title,
+            x="round",
+            y=[metric],
+            groupby=by_defense,
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stddev",
+            **options,
+        )
+
+    def section(title: str, panels: list[Any], is_open: bool = True) -> Any:
+        return ws.Section(name=title, panels=panels, is_open=is_open)
+
     return ws.Workspace(
         entity=entity,
         project=project,
@@ -31,88 +56,30 @@ def build_workspace(entity: str, project: str, name: str = "robustfl: defenses v
             order=[ws.Ordering(ws.Summary("final.accuracy"), ascending=False)],
         ),
         sections=[
-            ws.Section(
-                name="Final accuracy per defense, under each attack",
-                is_open=True,
-                panels=[
-                    wr.BarPlot(
-                        title="final accuracy (mean ± std over seeds)",
-                        metrics=[wr.SummaryMetric("final.accuracy")],
-                        groupby=by_defense,
-                        groupby_aggfunc="mean",
-                        groupby_rangefunc="stddev",
-                        orientation="v",
-                    ),
-                    wr.BarPlot(
-                        title="best accuracy",
-                        metrics=[wr.SummaryMetric("best.accuracy")],
-                        groupby=by_defense,
-                        groupby_aggfunc="mean",
-                        groupby_rangefunc="stddev",
-                        orientation="v",
-                    ),
+            section(
+                "Final accuracy per defense, under each attack",
+                [
+                    bars("final accuracy (mean ± std over seeds)", "final.accuracy"),
+                    bars("best accuracy", "best.accuracy"),
                 ],
             ),
-            ws.Section(
-                name="Accuracy per round",
-                is_open=True,
-                panels=[
-                    wr.LinePlot(
-                        title="test accuracy",
-                        x="round",
-                        y=["accuracy"],
-                        groupby=by_defense,
-                        groupby_aggfunc="mean",
-                        groupby_rangefunc="stddev",
-                        range_y=(0, 1),
-                    ),
-                    wr.LinePlot(
-                        title="test loss",
-                        x="round",
-                        y=["loss"],
-                        groupby=by_defense,
-                        groupby_aggfunc="mean",
-                    ),
-                ],
+            section(
+                "Accuracy per round",
+                [curve("test accuracy", "accuracy", range_y=(0, 1)), curve("test loss", "loss")],
             ),
-            ws.Section(
-                name="Backdoor: attack success rate",
-                is_open=True,
-                panels=[
-                    wr.LinePlot(
-                        title="ASR per round",
-                        x="round",
-                        y=["asr"],
-                        groupby=by_defense,
-                        range_y=(0, 1),
-                    ),
-                    wr.BarPlot(
-                        title="final ASR",
-                        metrics=[wr.SummaryMetric("final.asr")],
-                        groupby=by_defense,
-                        groupby_aggfunc="mean",
-                        orientation="v",
-                    ),
-                ],
+            section(
+                "Backdoor: attack success rate",
+                [curve("ASR per round", "asr", range_y=(0, 1)), bars("final ASR", "final.asr")],
             ),
-            ws.Section(
-                name="Robustness diagnostics",
+            section(
+                "Robustness diagnostics",
+                [
+                    curve(
+                        "||agg - mean(honest)|| / ||mean(honest)||", "robustness_error", log_y=True
+                    ),
+                    curve("Byzantine rows selected", "byzantine_selected"),
+                ],
                 is_open=False,
-                panels=[
-                    wr.LinePlot(
-                        title="||agg - mean(honest)|| / ||mean(honest)||",
-                        x="round",
-                        y=["robustness_error"],
-                        log_y=True,
-                        groupby=by_defense,
-                    ),
-                    wr.LinePlot(
-                        title="Byzantine rows selected",
-                        x="round",
-                        y=["byzantine_selected"],
-                        groupby=by_defense,
-                    ),
-                ],
             ),
         ],
     )

@@ -47,11 +47,6 @@ log = logging.getLogger(__name__)
 TIMERS = ("train_s", "attack_s", "aggregate_s", "eval_s")
 
 
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """Instantiate a group option (see :func:`robustfl.config.instantiate_option`)."""
-    return instantiate_option(node, **kwargs)
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -105,7 +100,7 @@ def setup(cfg: DictConfig) -> Simulation:
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
 
-    attack: Attack = build(cfg.attack)
+    attack: Attack = instantiate_option(cfg.attack)
     defense = build_defense(cfg.defense)
     if not isinstance(attack, Attack):
         raise ConfigError(
@@ -115,7 +110,7 @@ def setup(cfg: DictConfig) -> Simulation:
     attack.check(per_round, min(fl.num_byzantine, per_round))
     defense.check(per_round)
 
-    dataset: Dataset = build(cfg.dataset, seed=cfg.seed)
+    dataset: Dataset = instantiate_option(cfg.dataset, seed=cfg.seed)
     byz_gen = torch_generator(cfg.seed, "byzantine")
     byzantine_ids = (
         torch.randperm(fl.num_clients, generator=byz_gen)[: fl.num_byzantine].sort().values
@@ -123,7 +118,7 @@ def setup(cfg: DictConfig) -> Simulation:
     is_byzantine = torch.zeros(fl.num_clients, dtype=torch.bool)
     is_byzantine[byzantine_ids] = True
 
-    partitioner = build(cfg.partition, _partial_=True)
+    partitioner = instantiate_option(cfg.partition, _partial_=True)
     # Optional facts a partition may ask for by naming them as parameters.
     offered = {"min_size": fl.batch_size, "byzantine": is_byzantine.numpy()}
     accepted = inspect.signature(partitioner.func).parameters
@@ -149,7 +144,7 @@ def setup(cfg: DictConfig) -> Simulation:
         client_parts.append((x, y))
     data = ClientData.from_parts(client_parts).to(device)
 
-    builder = build(cfg.model, _partial_=True)
+    builder = instantiate_option(cfg.model, _partial_=True)
     model = init_model(
         builder, dataset.input_shape, dataset.num_classes, stream_seed(cfg.seed, "model")
     ).to(device)
@@ -508,11 +503,7 @@ def finished_summary(run_dir: Path, digest: str) -> dict[str, Any] | None:
 
 
 def _summary(cfg: DictConfig, sim: Simulation, digest: str, state: RunState) -> dict[str, Any]:
-    finite = [
-        h
-        for h in state.history
-        if math.isfinite(h["accuracy"] if h["accuracy"] is not None else math.nan)
-    ]
+    finite = [h for h in state.history if math.isfinite(h["accuracy"])]
     final = dict(finite[-1]) if finite else {}
     best = {"accuracy": max((h["accuracy"] for h in finite), default=math.nan)}
     if sim.backdoor is not None:

@@ -84,10 +84,27 @@ def test_multirun_isolates_a_failing_job(tmp_path, launcher):
     assert "1 completed, 0 diverged, 1 failed" in result.stdout
 
 
-def test_installed_config_tree_is_found_from_any_folder(tmp_path):
+def test_config_tree_ships_as_package_data():
+    """Hydra finds the tree through the robustfl.conf package, not the working directory: every
+    group folder and option file must be reachable as package resources."""
+    import importlib.resources
+
+    conf = importlib.resources.files("robustfl.conf")
+    for group in (
+        "dataset",
+        "partition",
+        "model",
+        "attack",
+        "defense",
+        "tracker",
+        "experiment",
+        "hydra/launcher",
+    ):
+        shipped = {p.name for p in (conf / group).iterdir() if p.name.endswith(".yaml")}
+        in_repo = {p.name for p in (REPO / "conf" / group).glob("*.yaml")}
+        assert shipped == in_repo and shipped, group
     cfg = compose_config(["dataset=synthetic", "model=cnn", "partition=shards"])
     assert cfg.dataset.name == "synthetic" and cfg.model.name == "cnn"
-    assert (REPO / "robustfl" / "conf" / "config.yaml").exists()
 
 
 def test_optuna_preset_searches_the_attack_parameter(tmp_path):
