@@ -5,6 +5,7 @@ Shejwalkar and Houmansadr 2021 to any defense, including ones added later)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -15,6 +16,7 @@ from robustfl.context import RoundContext
 from robustfl.errors import ConfigError
 
 Shape = Literal["alie", "ipm", "minmax"]
+Search = Literal["grid", "line"]
 
 
 def direction(rows: Tensor, shape: Shape, unbiased: bool = True) -> tuple[Tensor, Tensor]:
@@ -31,17 +33,71 @@ def direction(rows: Tensor, shape: Shape, unbiased: bool = True) -> tuple[Tensor
     raise ConfigError(f"attack.shape={shape!r} is invalid: use 'alie', 'ipm' or 'minmax'.")
 
 
-class Adaptive(Attack):
-    """Line search over ``gamma`` maximizing ``||defense(U(gamma)) - mu||``, where ``U(gamma)``
-    is this round's matrix with every Byzantine row set to ``mu + gamma * p``.
+def line_maximize(
+    objective: Callable[[float], float],
+    evals: int = 16,
+    start: float = 0.0,
+    delta: float = 1.0,
+    ratio: float = 0.8,
+) -> float:
+    """Best-effort ``argmax_{x >= 0} objective(x)`` with ``evals`` evaluations: the
+    LineMaximize search of the ByzFL library (Allouah et al.'s "optimal" attacks).
 
-    The defense is queried through ``ctx.defense.simulate`` (state untouched). The search
-    evaluates a geometric grid of ``grid_size`` values in ``[gamma_min, gamma_max]`` (plus 0),
-    then ``refine`` times a finer grid between the neighbours of the best value.
+    Expansion: from ``start``, step ``delta`` forward, doubling the step after every
+    improvement, until a step fails; then contraction: the step shrinks by ``ratio`` after every
+    evaluation, and the next point is the last one moved by the step towards the best one (a
+    point that would fall below 0 is moved halfway back, repeatedly, instead). Ties keep the
+    earlier point.
+    """
+    best_x, best_y = start, objective(start)
+    evals -= 1
+    probe = best_x
+    while evals > 0:  # expansion
+        probe = best_x + delta
+        value = objective(probe)
+        evals -= 1
+        if value > best_y:
+            best_x, best_y = probe, value
+            delta *= 2
+        else:
+            delta *= ratio
+            break
+    while evals > 0:  # contraction
+        if probe < best_x:
+            probe += delta
+        else:
+            candidate = probe - delta
+            while candidate < 0:
+                candidate = (candidate + probe) / 2
+            probe = candidate
+        value = objective(probe)
+        evals -= 1
+        if value > best_y:
+            best_x, best_y = probe, value
+        delta *= ratio
+    return best_x
+
+
+class Adaptive(Attack):
+    """Search over ``gamma >= 0`` maximizing ``||defense(U(gamma)) - mu||``, where
+    ``U(gamma)`` is this round's matrix with every Byzantine row set to ``mu + gamma * p``.
+
+    The defense is queried through ``ctx.defense.simulate`` (state untouched). Two searches:
+
+    - ``grid`` (default): a geometric grid of ``grid_size`` values in ``[gamma_min,
+      gamma_max]`` (plus 0), then ``refine`` times a finer grid between the neighbours of the
+      best value (``1 + grid_size + 7 * refine`` evaluations);
+    - ``line``: ByzFL's LineMaximize (:func:`line_maximize`) with ``evals`` evaluations from
+      ``start`` with first step ``delta`` and contraction ``ratio`` -- the search of ByzFL's
+      "optimal" ALIE and IPM. Its ``gamma`` is ByzFL's attack factor ``tau``: IPM-shaped rows
+      ``(1 - tau) mu``, ALIE-shaped ``mu - tau sigma`` (ByzFL writes ``+ tau sigma`` on
+      gradients; updates are their negatives).
 
     Args:
         shape: the perturbation (see :func:`direction`).
-        gamma_min, gamma_max, grid_size, refine: the search.
+        search: ``grid`` or ``line``.
+        gamma_min, gamma_max, grid_size, refine: the grid search.
+        evals, start, delta, ratio: the line search (ByzFL's defaults).
         knowledge: ``omniscient`` (default; the attacker knows the honest updates and the
             defense) or ``local``.
     """
@@ -57,10 +113,22 @@ class Adaptive(Attack):
         refine: int = 2,
         unbiased: bool = True,
         knowledge: str = "omniscient",
+        search: Search = "grid",
+        evals: int = 16,
+        start: float = 0.0,
+        delta: float = 1.0,
+        ratio: float = 0.8,
     ) -> None:
         super().__init__(knowledge)
         if shape not in ("alie", "ipm", "minmax"):
             raise ConfigError(f"attack.shape={shape!r} is invalid: use 'alie', 'ipm' or 'minmax'.")
+        if search not in ("grid", "line"):
+            raise ConfigError(f"attack.search={search!r} is invalid: use 'grid' or 'line'.")
+        if evals < 1 or start < 0 or delta <= 0 or not 0.5 < ratio < 1:
+            raise ConfigError(
+                f"attack.evals={evals}, start={start}, delta={delta}, ratio={ratio}: the line "
+                "search needs evals >= 1, start >= 0, delta > 0 and 0.5 < ratio < 1."
+            )
         if not 0 < gamma_min < gamma_max:
             raise ConfigError(
                 f"attack.gamma_min={gamma_min}, gamma_max={gamma_max}: need "
@@ -70,6 +138,8 @@ class Adaptive(Attack):
             raise ConfigError("attack.grid_size must be >= 2 and attack.refine >= 0.")
         self.shape, self.gamma_min, self.gamma_max = shape, gamma_min, gamma_max
         self.grid_size, self.refine, self.unbiased = grid_size, refine, unbiased
+        self.search = search
+        self.evals, self.start, self.delta, self.ratio = evals, start, delta, ratio
         self.last_gamma: float | None = None
 
     def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
@@ -87,6 +157,13 @@ class Adaptive(Attack):
             value = float(torch.linalg.vector_norm(ctx.defense.simulate(matrix) - mu))
             return value if math.isfinite(value) else math.inf
 
+        if self.search == "line":
+            self.last_gamma = line_maximize(damage, self.evals, self.start, self.delta, self.ratio)
+        else:
+            self.last_gamma = self._grid_search(damage)
+        return repeat_row(mu + self.last_gamma * p, len(byzantine))
+
+    def _grid_search(self, damage: Callable[[float], float]) -> float:
         grid = [
             0.0,
             *torch.logspace(
@@ -103,5 +180,4 @@ class Adaptive(Attack):
             finer = torch.linspace(lo, hi, 9, dtype=torch.float64).tolist()[1:-1]
             grid += finer
             scores += [damage(g) for g in finer]
-        self.last_gamma = grid[max(range(len(grid)), key=scores.__getitem__)]
-        return repeat_row(mu + self.last_gamma * p, len(byzantine))
+        return grid[max(range(len(grid)), key=scores.__getitem__)]

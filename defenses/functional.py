@@ -5,6 +5,8 @@ clipping. All take an update matrix ``updates (n, d)``; none loops over clients 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -24,6 +26,60 @@ __all__ = [
 
 
 _PARALLEL_MIN = 1 << 20  # entries; below this, threads cost more than they save
+# Up to this many rows a sorting network over whole rows beats numpy's per-column sort (about
+# 2x at n = 8 to 20, even at n = 24; equal at n = 32), in column blocks that stay in cache.
+_NETWORK_MAX_ROWS = 24
+_NETWORK_BLOCK = 1 << 16  # columns
+
+
+@cache
+def sorting_network(n: int) -> tuple[tuple[int, int], ...]:
+    """The comparators ``(i, j)``, ``i < j``, of Batcher's odd-even merge sort for ``n``
+    inputs: applying ``(x_i, x_j) <- (min, max)`` in order sorts any ``n`` values.
+
+    Built for the next power of two; comparators that touch a position ``>= n`` are dropped,
+    which is exact because padding with ``+inf`` would leave those comparators idle.
+    """
+    size = 1
+    while size < n:
+        size *= 2
+    pairs = []
+    merge = 1
+    while merge < size:  # merge sorted runs of length `merge` into runs of 2 * merge
+        step = merge
+        while step >= 1:
+            for start in range(step % merge, size - step, 2 * step):
+                for offset in range(min(step, size - start - step)):
+                    i, j = start + offset, start + offset + step
+                    if i // (2 * merge) == j // (2 * merge) and j < n:
+                        pairs.append((i, j))
+            step //= 2
+        merge *= 2
+    return tuple(pairs)
+
+
+def _network_sort(source: np.ndarray, out: np.ndarray) -> None:
+    """Sort the columns of ``source (n, m)`` into ``out`` with :func:`sorting_network`: whole
+    rows per comparator, so every step is one vectorized ``minimum`` / ``maximum``."""
+    rows = list(source)
+    for i, j in sorting_network(len(rows)):
+        low = np.minimum(rows[i], rows[j])
+        rows[j] = np.maximum(rows[i], rows[j])
+        rows[i] = low
+    for k, row in enumerate(rows):
+        out[k] = row
+
+
+def _in_blocks(work, columns: int, block: int, workers: int) -> None:
+    """``work(lo, hi)`` over column blocks of at most ``block``, on ``workers`` threads when
+    there is enough work (numpy's kernels release the GIL)."""
+    spans = list(pairwise([*range(0, columns, block), columns]))
+    if workers == 1 or len(spans) == 1:
+        for lo, hi in spans:
+            work(lo, hi)
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(lambda span: work(*span), spans))
 
 
 def _sort_in_place(array: np.ndarray) -> None:
@@ -33,22 +89,36 @@ def _sort_in_place(array: np.ndarray) -> None:
     if workers == 1 or array.size < _PARALLEL_MIN:
         array.sort(axis=0)
         return
-    edges = np.linspace(0, array.shape[1], workers + 1, dtype=int)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(lambda lo, hi: array[:, lo:hi].sort(axis=0), edges[:-1], edges[1:]))
+    block = -(-array.shape[1] // workers)
+    _in_blocks(lambda lo, hi: array[:, lo:hi].sort(axis=0), array.shape[1], block, workers)
 
 
 def sort_columns(updates: Tensor) -> Tensor:
     """``updates (n, d)`` sorted along the client axis (each coordinate independently).
 
     NaN sorts after +inf, so a non-finite row behaves as an extreme value in every coordinate
-    it poisons. On the CPU this uses numpy's sort, measured 5 to 8 times faster here than
-    ``torch.sort(dim=0)`` (vectorized sorting networks), on column blocks in parallel threads;
-    sorting the ``(n, d)`` row-major layout in place beat transposing to ``(d, n)`` first,
-    because the transpose copy costs more than it saves (see docs/performance.md).
+    it poisons. On the CPU, up to 24 rows, a sorting network of whole-row ``minimum`` /
+    ``maximum`` in cache-sized column blocks (about twice as fast as numpy's sort; used only
+    when no entry is NaN, since ``minimum`` propagates NaN); otherwise numpy's sort, measured
+    5 to 8 times faster here than ``torch.sort(dim=0)``, on column blocks in parallel threads.
+    Sorting the ``(n, d)`` row-major layout beat transposing to ``(d, n)`` first, because the
+    transpose copy costs more than it saves (see docs/performance.md).
     """
     if updates.device.type == "cpu":
-        array = updates.detach().numpy().copy()
+        array = updates.detach().numpy()
+        n, d = array.shape
+        # The sum is NaN if any entry is NaN (or +inf meets -inf: then numpy's sort, harmless).
+        with np.errstate(invalid="ignore", over="ignore"):
+            has_nan = 1 < n <= _NETWORK_MAX_ROWS and np.isnan(array.sum(dtype=np.float64))
+        if 1 < n <= _NETWORK_MAX_ROWS and not has_nan:
+            out = np.empty_like(array)
+            workers = max(1, torch.get_num_threads()) if array.size >= _PARALLEL_MIN else 1
+            block = min(_NETWORK_BLOCK, -(-d // workers))
+            _in_blocks(
+                lambda lo, hi: _network_sort(array[:, lo:hi], out[:, lo:hi]), d, block, workers
+            )
+            return torch.from_numpy(out)
+        array = array.copy()
         _sort_in_place(array)
         return torch.from_numpy(array)
     values = torch.nan_to_num(updates, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf)

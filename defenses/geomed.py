@@ -17,15 +17,24 @@ def geometric_median(
     nu: float = 1e-6,
     iterations: int = 100,
     tol: float = 1e-6,
+    init: str = "mean",
 ) -> tuple[Tensor, int]:
     """Approximate ``argmin_v sum_i a_i ||v - u_i||`` of ``updates (n, d)`` -> ``(d,)``.
 
-    Smoothed Weiszfeld (RFA, Algorithm 2): starting from the weighted mean (or, if huge rows
-    make its distances overflow, from the finite row of median norm),
+    Smoothed Weiszfeld (RFA, Algorithm 2): starting from the weighted mean (``init="mean"``;
+    or, if huge rows make its distances overflow, from the finite row of median norm) or from
+    the zero vector (``init="zero"``, as the ByzFL library does),
     ``v <- sum_i b_i u_i / sum_i b_i`` with ``b_i = a_i / max(nu, ||v - u_i||)``, until the
     objective improves by less than ``tol`` relative to its value, or ``iterations`` passes.
     Rows with a non-finite entry get weight 0 (an infinitely distant point has no pull).
     Returns the estimate and the number of iterations run.
+
+    Every iterate is a convex combination ``w @ updates`` of the rows, so the iterations run on
+    the ``(n, n)`` Gram matrix of the rows centered on the finite row of median norm (as
+    :func:`~robustfl.linalg.pairwise_sq_distances` does, for float32 accuracy), in float64:
+    ``||u_i - v||^2 = G_ii - 2 (G w)_i + w' G w``. Only the Gram matrix and the final estimate
+    touch the ``d`` coordinates, whatever the number of iterations. When huge rows overflow
+    the Gram matrix, the iterations run on the rows directly instead.
     """
     finite = finite_rows(updates)
     alpha = torch.ones(len(updates), dtype=updates.dtype, device=updates.device)
@@ -35,12 +44,57 @@ def geometric_median(
     if not bool((alpha > 0).any()):
         return torch.full_like(updates[0], torch.nan), 0
     points = zero_nonfinite(updates, finite)
+    on_gram = _weiszfeld_on_gram(points, alpha, nu, iterations, tol, init)
+    if on_gram is not None:
+        return on_gram
+    return _weiszfeld_on_rows(points, alpha, nu, iterations, tol, init)
+
+
+def _weiszfeld_on_gram(
+    points: Tensor, alpha: Tensor, nu: float, iterations: int, tol: float, init: str
+) -> tuple[Tensor, int] | None:
+    """Smoothed Weiszfeld in the coefficients ``w`` of ``v = w @ points``; ``None`` when the
+    centered Gram matrix is not finite."""
+    norms = torch.linalg.vector_norm(points, dim=1)
+    usable = alpha > 0
+    order = torch.sort(norms.masked_fill(~usable, torch.inf), stable=True).indices
+    centered = points - points[order[(int(usable.sum()) - 1) // 2]]
+    gram = (centered @ centered.T).double()
+    if not bool(torch.isfinite(gram).all()):
+        return None
+    a = alpha.double()
+    diag = gram.diagonal()
+
+    def distances(w: Tensor) -> Tensor:
+        gw = gram @ w
+        return (diag - 2.0 * gw + w @ gw).clamp(min=0.0).sqrt()
+
+    w = a / a.sum()
+    dist = norms.double() if init == "zero" else distances(w)
+    objective = float(a @ dist)
+    done = 0
+    for done in range(1, iterations + 1):  # noqa: B007 - the count is returned
+        beta = a / dist.clamp(min=nu)
+        w = beta / beta.sum()
+        dist = distances(w)
+        new_objective = float(a @ dist)
+        if abs(objective - new_objective) <= tol * new_objective:
+            break
+        objective = new_objective
+    return w.to(points.dtype) @ points, done
+
+
+def _weiszfeld_on_rows(
+    points: Tensor, alpha: Tensor, nu: float, iterations: int, tol: float, init: str
+) -> tuple[Tensor, int]:
+    """Smoothed Weiszfeld on the rows themselves (distances by subtraction): the fallback for
+    rows too large for a Gram matrix."""
 
     def distances(v: Tensor) -> Tensor:
         dist = torch.linalg.vector_norm(points - v, dim=1)
         return torch.where(torch.isfinite(dist), dist, torch.full_like(dist, torch.inf))
 
-    estimate = alpha @ points / alpha.sum()
+    estimate = torch.zeros_like(points[0]) if init == "zero" else alpha @ points / alpha.sum()
     dist = distances(estimate)
     if not bool(torch.isfinite(dist[alpha > 0]).all()):
         # Huge rows pulled the mean so far that distances overflow: start instead from the
@@ -70,12 +124,22 @@ class GeometricMedian(Defense):
             ``nu = 0.1``).
         tol: stop when the objective's relative improvement falls below it.
         weighted: weight clients by sample counts, as RFA does (``a_i = n_i``).
+        init: ``mean`` (default) or ``zero``, the first estimate. With few iterations the
+            start matters: ByzFL runs 3 iterations from zero with ``nu = 0.1``.
     """
 
     def __init__(
-        self, nu: float = 1e-6, iterations: int = 100, tol: float = 1e-6, weighted: bool = False
+        self,
+        nu: float = 1e-6,
+        iterations: int = 100,
+        tol: float = 1e-6,
+        weighted: bool = False,
+        init: str = "mean",
     ) -> None:
         super().__init__()
+        if init not in ("mean", "zero"):
+            raise ConfigError(f"defense.init={init!r} is invalid: use 'mean' or 'zero'.")
+        self.init = init
         if nu <= 0:
             raise ConfigError(f"defense.nu={nu} is invalid: it must be > 0.")
         if iterations < 1:
@@ -96,6 +160,6 @@ class GeometricMedian(Defense):
             else None
         )
         out, self.last_iterations = geometric_median(
-            updates, weights, self.nu, self.iterations, self.tol
+            updates, weights, self.nu, self.iterations, self.tol, self.init
         )
         return out

@@ -41,9 +41,11 @@ class FLConfig:
     batch_size: int = 16
     lr: float = 0.05
     momentum: float = 0.0
+    dampening: float = 0.0
     weight_decay: float = 0.0
     server_lr: float = 1.0
     server_momentum: float = 0.0
+    server_weight_decay: float = 0.0
     eval_every: int = 5
     chunk_size: int = 0
 
@@ -123,8 +125,10 @@ def validate(cfg: DictConfig) -> None:
     for key in ("momentum", "server_momentum"):
         _require(0 <= fl[key] < 1, f"fl.{key}={fl[key]} is invalid: it must be in [0, 1).")
     _require(
-        fl.weight_decay >= 0, f"fl.weight_decay={fl.weight_decay} is invalid: it must be >= 0."
+        0 <= fl.dampening <= 1, f"fl.dampening={fl.dampening} is invalid: it must be in [0, 1]."
     )
+    for key in ("weight_decay", "server_weight_decay"):
+        _require(fl[key] >= 0, f"fl.{key}={fl[key]} is invalid: it must be >= 0.")
     _require(
         fl.chunk_size >= 0,
         f"fl.chunk_size={fl.chunk_size} is invalid: use 0 (all clients "

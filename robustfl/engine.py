@@ -149,7 +149,9 @@ def setup(cfg: DictConfig) -> Simulation:
         builder, dataset.input_shape, dataset.num_classes, stream_seed(cfg.seed, "model")
     ).to(device)
     layout = ParamLayout.of(model)
-    trainer = LocalTrainer(model, layout, fl.lr, fl.momentum, fl.weight_decay, fl.chunk_size)
+    trainer = LocalTrainer(
+        model, layout, fl.lr, fl.momentum, fl.weight_decay, fl.chunk_size, fl.dampening
+    )
     backdoor = attack.backdoor_test_set(dataset.x_test, dataset.y_test)
     if backdoor is not None:
         backdoor = (backdoor[0].to(device), backdoor[1].to(device))
@@ -295,6 +297,8 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
         byz_selected = int(torch.isin(selected.cpu(), byz_rows).sum())
     finite = bool(torch.isfinite(aggregate).all())
     step = aggregate
+    if fl.server_weight_decay:  # as torch.optim.SGD on the server: -lr (-aggregate + wd theta)
+        step = aggregate - fl.server_weight_decay * sim.global_params
     if sim.server_momentum is not None:
         step = sim.server_momentum.mul_(fl.server_momentum).add_(aggregate)
     sim.global_params.add_(step, alpha=fl.server_lr)

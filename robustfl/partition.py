@@ -93,6 +93,35 @@ def _sorted_by_label(labels: np.ndarray, indices: np.ndarray, rng: np.random.Gen
     return indices[np.lexsort((rng.random(len(indices)), labels[indices]))]
 
 
+def _honest_clients(
+    num_clients: int, byzantine: np.ndarray | None, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Byzantine mask (all False without one) and the indices of the honest clients."""
+    is_byz = np.zeros(num_clients, bool) if byzantine is None else np.asarray(byzantine, bool)
+    honest = np.flatnonzero(~is_byz)
+    if len(honest) == 0:
+        raise ConfigError(f"partition={name} needs at least one honest client.")
+    return is_byz, honest
+
+
+def _with_byzantine_samples(
+    pieces: list[np.ndarray],
+    honest: np.ndarray,
+    is_byz: np.ndarray,
+    num_samples: int,
+    rng: np.random.Generator,
+) -> list[np.ndarray]:
+    """Place ``pieces`` (one per honest client, in order) and give every Byzantine client an IID
+    sample of ``num_samples // num_clients`` indices from the whole training set."""
+    size = num_samples // len(is_byz)
+    parts: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(is_byz)
+    for client, piece in zip(honest, pieces, strict=True):
+        parts[client] = np.sort(piece)
+    for client in np.flatnonzero(is_byz):
+        parts[client] = np.sort(rng.choice(num_samples, size=size, replace=False))
+    return parts
+
+
 def label_sorted(
     labels: np.ndarray,
     num_clients: int,
@@ -106,31 +135,34 @@ def label_sorted(
     ``byzantine`` is the ``(num_clients,)`` bool mask of Byzantine clients (the engine passes
     it); without it every client is treated as honest.
     """
-    is_byz = np.zeros(num_clients, bool) if byzantine is None else np.asarray(byzantine, bool)
-    honest = np.flatnonzero(~is_byz)
-    if len(honest) == 0:
-        raise ConfigError("partition=label_sorted needs at least one honest client.")
+    is_byz, honest = _honest_clients(num_clients, byzantine, "label_sorted")
     order = _sorted_by_label(labels, np.arange(len(labels)), rng)
     pieces = np.array_split(order, len(honest))
-    size = len(labels) // num_clients
-    parts: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * num_clients
-    for client, piece in zip(honest, pieces, strict=True):
-        parts[client] = np.sort(piece)
-    for client in np.flatnonzero(is_byz):
-        parts[client] = np.sort(rng.choice(len(labels), size=size, replace=False))
-    return parts
+    return _with_byzantine_samples(pieces, honest, is_byz, len(labels), rng)
 
 
 def gamma_similarity(
-    labels: np.ndarray, num_clients: int, rng: np.random.Generator, gamma: float = 0.5
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    gamma: float = 0.5,
+    byzantine: np.ndarray | None = None,
 ) -> list[np.ndarray]:
     """The ByzFL benchmark's gamma-similarity: a share ``gamma`` of the (shuffled) data is dealt
-    IID, the rest is sorted by label and cut into contiguous shards; every client gets one
-    piece of each. ``gamma = 1`` is IID, ``gamma = 0`` fully label-sorted."""
+    IID, the rest is sorted by label and cut into contiguous shards; every *honest* client gets
+    one piece of each. ``gamma = 1`` is IID, ``gamma = 0`` fully label-sorted.
+
+    As in ByzFL, where Byzantine workers hold no data, the honest clients share the whole
+    training set; each Byzantine client gets an IID sample of ``len(labels) // num_clients``
+    (its honest update is computed but the update attacks replace it). ``byzantine`` is the
+    ``(num_clients,)`` bool mask the engine passes; without it every client is honest.
+    """
     if not 0 <= gamma <= 1:
         raise ConfigError(f"partition.gamma={gamma} is invalid: it must be in [0, 1].")
+    is_byz, honest = _honest_clients(num_clients, byzantine, "gamma_similarity")
     shuffled = rng.permutation(len(labels))
     cut = round(gamma * len(labels))
-    iid_part = np.array_split(shuffled[:cut], num_clients)
-    sorted_part = np.array_split(_sorted_by_label(labels, shuffled[cut:], rng), num_clients)
-    return [np.sort(np.concatenate([a, b])) for a, b in zip(iid_part, sorted_part, strict=True)]
+    iid_part = np.array_split(shuffled[:cut], len(honest))
+    sorted_part = np.array_split(_sorted_by_label(labels, shuffled[cut:], rng), len(honest))
+    pieces = [np.concatenate([a, b]) for a, b in zip(iid_part, sorted_part, strict=True)]
+    return _with_byzantine_samples(pieces, honest, is_byz, len(labels), rng)

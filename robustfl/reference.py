@@ -23,16 +23,22 @@ def train_clients_loop(
     momentum: float = 0.0,
     weight_decay: float = 0.0,
     momentum_rows: Tensor | None = None,
+    dampening: float = 0.0,
 ) -> Tensor:
     """The updates ``(C, d)`` of ``C`` clients trained one after another on ``batches
     (C, steps, B)``. With ``momentum_rows (C, d)`` the clients' momentum buffers are loaded
-    into each optimizer and written back, as the engine keeps them across rounds."""
+    into each optimizer and written back, as the engine keeps them across rounds (the engine's
+    buffers start at zero: pass zeros to match its first round)."""
     updates = []
     for client in range(len(batches)):
         local = copy.deepcopy(model)
         torch.nn.utils.vector_to_parameters(global_params.clone(), local.parameters())
         optimizer = torch.optim.SGD(
-            local.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
+            local.parameters(),
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            dampening=dampening,
         )
         if momentum and momentum_rows is not None:
             for param, buf in zip(

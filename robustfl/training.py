@@ -141,6 +141,7 @@ def mlp_sgd_step(
     lr: float,
     momentum: float,
     weight_decay: float,
+    dampening: float = 0.0,
 ) -> None:
     """One SGD step of every client of an MLP, in place, by hand with batched matrix products.
 
@@ -174,11 +175,11 @@ def mlp_sgd_step(
         )
         for name, add_grad in steps:  # add_grad(t, a): t += a * gradient, in place
             param = params[name]
-            if buffers is not None:  # buf = m buf + g + wd theta; theta -= lr buf
+            if buffers is not None:  # buf = m buf + (1 - damp) (g + wd theta); theta -= lr buf
                 buf = buffers[name].mul_(momentum)
-                add_grad(buf, 1.0)
+                add_grad(buf, 1.0 - dampening)
                 if weight_decay:
-                    buf.add_(param, alpha=weight_decay)
+                    buf.add_(param, alpha=weight_decay * (1.0 - dampening))
                 param.add_(buf, alpha=-lr)
             else:  # theta -= lr (g + wd theta)
                 if weight_decay:
@@ -193,8 +194,12 @@ class LocalTrainer:
     Args:
         model: the architecture; its own parameter values are not used.
         layout: the model's :class:`ParamLayout`.
-        lr, momentum, weight_decay: the client optimizer, as ``torch.optim.SGD`` defines them
-            (``buf = momentum * buf + (g + wd * theta)``; ``theta -= lr * buf``).
+        lr, momentum, weight_decay, dampening: the client optimizer, as ``torch.optim.SGD``
+            defines them (``buf = momentum * buf + (1 - dampening) * (g + wd * theta)``;
+            ``theta -= lr * buf``), with the buffer starting at zero: unlike
+            ``torch.optim.SGD``, which starts it at the first gradient, the first step is
+            dampened too. ``dampening = momentum`` gives the exponential moving average of the
+            gradients that ByzFL's workers send.
         chunk_size: clients per vmapped batch; 0 trains all at once.
     """
 
@@ -206,9 +211,11 @@ class LocalTrainer:
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         chunk_size: int = 0,
+        dampening: float = 0.0,
     ) -> None:
         self.layout = layout
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.dampening = dampening
         self.chunk_size = chunk_size
         # MLPs take the hand-written in-place step (faster); other models vmap(grad(loss)).
         self.mlp_plan = mlp_plan(model)
@@ -271,6 +278,7 @@ class LocalTrainer:
                     self.lr,
                     self.momentum,
                     self.weight_decay,
+                    self.dampening,
                 )
                 continue
             grads = self._grads(params, x[rows], y[rows])
@@ -279,7 +287,7 @@ class LocalTrainer:
                 if self.weight_decay:
                     g.add_(params[name], alpha=self.weight_decay)
                 if self.momentum:
-                    g = buffers[name].mul_(self.momentum).add_(g)
+                    g = buffers[name].mul_(self.momentum).add_(g, alpha=1.0 - self.dampening)
                 params[name].add_(g, alpha=-self.lr)
         theta.sub_(global_params)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from attacks.adaptive import Adaptive
+from attacks.adaptive import Adaptive, line_maximize
 from attacks.alie import ALIE, alie_z
 from attacks.backdoor import Backdoor, stamp
 from attacks.fang import Fang
@@ -255,8 +255,62 @@ def test_adaptive_beats_fixed_scales_and_leaves_the_defense_state_alone():
     )
 
 
+def test_line_maximize_follows_byzfl_trace_by_hand():
+    """f(x) = -|x - 2.5| from 0, step 1, ratio 0.8. Expansion: 0 (-2.5), 1 (-1.5, better,
+    step 2), 3 (-0.5, better, step 4), 7 (-4.5, worse: step 3.2, stop). Contraction from 7
+    towards the best 3: 7 - 3.2 = 3.8 (step 2.56), then 3.8 - 2.56 = 1.24 (step 2.048), then
+    1.24 < 3 so 1.24 + 2.048 = 3.288."""
+    seen: list[float] = []
+
+    def objective(x):
+        seen.append(x)
+        return -abs(x - 2.5)
+
+    assert line_maximize(objective, evals=4) == 3.0
+    assert seen == [0.0, 1.0, 3.0, 7.0]
+    seen.clear()
+    assert line_maximize(objective, evals=7) == 3.0
+    np.testing.assert_allclose(seen, [0.0, 1.0, 3.0, 7.0, 3.8, 1.24, 3.288])
+    seen.clear()
+    # A step that would go below 0 is moved halfway back until it does not: from 0.5 with
+    # step 0.8 (after the first failure), 0.5 - 0.8 < 0 -> (-0.3 + 0.5) / 2 = 0.1.
+    line_maximize(lambda x: seen.append(x) or -abs(x + 1.0), evals=3, start=0.0, delta=0.5)
+    np.testing.assert_allclose(seen, [0.0, 0.5, 0.1])
+
+
+def test_line_maximize_finds_a_smooth_peak_within_its_budget():
+    for peak in (0.3, 2.0, 11.0, 40.0):
+        best = line_maximize(lambda x, p=peak: -((x - p) ** 2), evals=30)
+        assert abs(best - peak) < 0.05 * peak + 0.05
+
+
+def test_adaptive_line_search_uses_its_budget_and_beats_the_start():
+    honest, byz = matrices(seed=4, h=14, f=4, d=12)
+    calls = 0
+
+    class Counting(Median):
+        def simulate(self, updates):
+            nonlocal calls
+            calls += 1
+            return super().simulate(updates)
+
+    attack = Adaptive(shape="ipm", search="line", evals=9)
+    ctx = context(18, 4, defense=Counting())
+    out = attack.poison_updates(honest, byz, ctx)
+    assert calls == 9
+    mu = honest.mean(0)
+    torch.testing.assert_close(out, ((1 - attack.last_gamma) * mu).expand(4, -1))
+    damage = [
+        float(torch.linalg.vector_norm(Median()(torch.cat([honest, rows])) - mu))
+        for rows in (mu.expand(4, -1), out)
+    ]
+    assert damage[1] >= damage[0]
+
+
 def test_attack_parameters_are_validated():
     for make, message in [
+        (lambda: Adaptive(search="bisect"), "attack.search"),
+        (lambda: Adaptive(search="line", ratio=0.4), "ratio=0.4"),
         (lambda: SignFlip(scale=0), "attack.scale"),
         (lambda: IPM(epsilon=-1), "attack.epsilon"),
         (lambda: Gaussian(std=0), "attack.std"),

@@ -19,6 +19,8 @@ from robustfl.errors import ConfigError
         ("fl.clients_per_round=0", "fl.clients_per_round=0 is invalid"),
         ("fl.lr=0", "fl.lr=0.0 is invalid"),
         ("fl.momentum=1.0", "fl.momentum=1.0 is invalid"),
+        ("fl.dampening=1.5", "fl.dampening=1.5 is invalid"),
+        ("fl.server_weight_decay=-1", "fl.server_weight_decay=-1.0 is invalid"),
         ("fl.batch_size=500", "fewer than fl.batch_size=500"),
         ("partition=dirichlet partition.alpha=0", "partition.alpha=0"),
         ("defense=krum fl.num_byzantine=4", "n > 2f + 2"),

@@ -371,3 +371,46 @@ def test_pipeline_composes_and_checks_the_reduced_row_count():
         rule.check(10)  # 10 rows -> 5 buckets, and Krum with f=2 needs n > 6
     with pytest.raises(ConfigError, match="unknown"):
         build_defense({"_target_": "defenses.mean.Mean", "pre": ["nope"]})
+
+
+def test_geometric_median_from_zero_by_hand():
+    """ByzFL's start: from 0 with nu = 0.1 the distances to (1, 0), (0, 1), (0, 0) are 1, 1
+    and 0 -> 0.1, so the weights are 1, 1, 10 and the first iterate is (1/12, 1/12)."""
+    points = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    first, _ = geometric_median(points, nu=0.1, iterations=1, tol=0.0, init="zero")
+    torch.testing.assert_close(first, torch.tensor([1 / 12, 1 / 12], dtype=torch.float64))
+    from_mean, _ = geometric_median(points, nu=0.1, iterations=1, tol=0.0)
+    assert not torch.allclose(from_mean, first)
+    with pytest.raises(ConfigError, match="defense.init"):
+        GeometricMedian(init="median")
+
+
+@pytest.mark.parametrize("init", ["mean", "zero"])
+def test_weiszfeld_on_the_gram_matrix_equals_weiszfeld_on_the_rows(init):
+    """The iterations in coefficient space follow the same iterates as the direct ones
+    (float64, exact arithmetic up to rounding), for few and many iterations."""
+    from defenses.geomed import _weiszfeld_on_gram, _weiszfeld_on_rows
+
+    g = torch.Generator().manual_seed(3)
+    points = torch.randn(9, 40, generator=g, dtype=torch.float64)
+    points[7] += 50.0  # an outlier
+    alpha = torch.rand(9, generator=g, dtype=torch.float64) + 0.5
+    for iterations, nu in ((1, 0.1), (3, 0.1), (8, 1e-8), (500, 1e-8)):
+        fast, k_fast = _weiszfeld_on_gram(points, alpha, nu, iterations, 0.0, init)
+        slow, k_slow = _weiszfeld_on_rows(points, alpha, nu, iterations, 0.0, init)
+        if iterations < 10:
+            assert k_fast == k_slow == iterations
+        else:  # both stop once the objective stops changing, at rounding level
+            assert k_fast < iterations and k_slow < iterations
+        torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-9)
+
+
+def test_geometric_median_keeps_float32_accuracy_on_rows_with_a_large_common_part():
+    """Rows ``10 + 1e-3 noise``: a Gram matrix of the raw rows would cancel catastrophically;
+    centered on a row, the float32 result matches float64 to a small fraction of the spread."""
+    g = torch.Generator().manual_seed(0)
+    rows = 10.0 + 1e-3 * torch.randn(15, 2000, generator=g, dtype=torch.float64)
+    exact, _ = geometric_median(rows, nu=1e-9, iterations=200, tol=1e-14)
+    approx, _ = geometric_median(rows.float(), nu=1e-9, iterations=200, tol=1e-14)
+    spread = float((rows - exact).norm(dim=1).mean())
+    assert float((approx.double() - exact).norm()) < 1e-3 * spread

@@ -98,6 +98,23 @@ def test_client_momentum_persists_and_server_momentum_applies(tmp_path):
     assert sim.client_momentum is not None and sim.client_momentum.shape[0] == 10
 
 
+def test_server_weight_decay_shrinks_the_model_as_server_sgd_does():
+    """``theta <- theta + lr_s (aggregate - wd theta)``: with the same clients' updates, the
+    two models differ after one round by exactly ``-lr_s * wd * theta``."""
+    from robustfl.engine import run_round
+
+    base = [*FAST, "fl.server_lr=0.5"]
+    plain = setup(compose_config(base))
+    decayed = setup(compose_config([*base, "fl.server_weight_decay=0.1"]))
+    start = plain.global_params.clone()
+    torch.testing.assert_close(decayed.global_params, start)
+    run_round(plain, 0, {"train_s": 0, "attack_s": 0, "aggregate_s": 0})
+    run_round(decayed, 0, {"train_s": 0, "attack_s": 0, "aggregate_s": 0})
+    torch.testing.assert_close(
+        decayed.global_params - plain.global_params, -0.5 * 0.1 * start, rtol=1e-4, atol=1e-6
+    )
+
+
 def test_client_sampling_draws_clients_per_round(run_dir):
     summary = run_experiment([*FAST, "fl.clients_per_round=5", "defense=median"], run_dir)
     assert summary["status"] == "completed"

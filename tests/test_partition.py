@@ -92,3 +92,20 @@ def test_gamma_similarity_interpolates_between_sorted_and_iid():
     assert labels_per_client(0.0) < labels_per_client(0.5) <= labels_per_client(1.0)
     with pytest.raises(ConfigError, match="partition.gamma"):
         gamma_similarity(LABELS, 10, rng(), gamma=1.5)
+
+
+def test_gamma_similarity_shares_the_whole_set_among_honest_clients():
+    """ByzFL's Byzantine workers hold no data: with f = 4 of 14 clients the 10 honest ones
+    split the whole training set (every label is seen honestly); Byzantine clients get IID
+    samples."""
+    byzantine = np.zeros(14, bool)
+    byzantine[[0, 5, 9, 13]] = True
+    for gamma in (0.0, 0.66):
+        parts = gamma_similarity(LABELS, 14, rng(7), gamma=gamma, byzantine=byzantine)
+        honest = [parts[i] for i in range(14) if not byzantine[i]]
+        check_is_partition(honest, len(LABELS))
+        for i in (0, 5, 9, 13):
+            assert len(parts[i]) == len(LABELS) // 14
+            assert len(np.unique(LABELS[parts[i]])) >= 8
+    sorted_parts = gamma_similarity(LABELS, 14, rng(7), gamma=0.0, byzantine=byzantine)
+    assert max(len(np.unique(LABELS[sorted_parts[i]])) for i in np.flatnonzero(~byzantine)) <= 2

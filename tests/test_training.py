@@ -30,24 +30,32 @@ def logreg_model(**kwargs):
 
 
 @pytest.mark.parametrize(
-    ("builder", "momentum", "weight_decay", "chunk"),
+    ("builder", "momentum", "weight_decay", "chunk", "dampening"),
     [
-        (mlp, 0.0, 0.0, 0),
-        (mlp, 0.9, 1e-3, 4),
-        (deep_mlp, 0.0, 1e-2, 0),
-        (logreg_model, 0.5, 0.0, 3),
-        (cnn, 0.5, 0.0, 0),  # the vmap(grad) path
-        (cnn, 0.0, 1e-3, 4),
+        (mlp, 0.0, 0.0, 0, 0.0),
+        (mlp, 0.9, 1e-3, 4, 0.0),
+        (mlp, 0.9, 1e-3, 0, 0.9),  # ByzFL's moving-average momentum
+        (deep_mlp, 0.0, 1e-2, 0, 0.0),
+        (logreg_model, 0.5, 0.0, 3, 0.0),
+        (cnn, 0.5, 0.0, 0, 0.0),  # the vmap(grad) path
+        (cnn, 0.5, 1e-3, 0, 0.3),
+        (cnn, 0.0, 1e-3, 4, 0.0),
     ],
 )
-def test_engine_equals_per_client_loop(builder, momentum, weight_decay, chunk):
+def test_engine_equals_per_client_loop(builder, momentum, weight_decay, chunk, dampening):
     data = make_data()
     model = init_model(builder, (1, 8, 8), 10, seed=1)
     layout = ParamLayout.of(model)
     theta = layout.flatten(model)
     clients = torch.arange(6)
     trainer = LocalTrainer(
-        model, layout, lr=0.1, momentum=momentum, weight_decay=weight_decay, chunk_size=chunk
+        model,
+        layout,
+        lr=0.1,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        chunk_size=chunk,
+        dampening=dampening,
     )
     buf_engine = torch.randn(6, layout.d) * 0.01 if momentum else None
     buf_loop = buf_engine.clone() if momentum else None
@@ -55,7 +63,17 @@ def test_engine_equals_per_client_loop(builder, momentum, weight_decay, chunk):
         batches = sample_batch_indices(data, clients, 3, 8, torch.Generator().manual_seed(round_))
         fast = trainer.train(theta, data.x, data.y, batches, buf_engine)
         slow = train_clients_loop(
-            model, layout, theta, data.x, data.y, batches, 0.1, momentum, weight_decay, buf_loop
+            model,
+            layout,
+            theta,
+            data.x,
+            data.y,
+            batches,
+            0.1,
+            momentum,
+            weight_decay,
+            buf_loop,
+            dampening,
         )
         torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-6)
         if momentum:
@@ -85,3 +103,32 @@ def test_mlp_fast_path_is_used_only_for_mlps():
     assert len(mlp_plan(mlp((1, 8, 8), 10, hidden=[32, 8]))) == 3
     assert len(mlp_plan(logreg((64,), 10))) == 1
     assert mlp_plan(cnn((1, 8, 8), 10)) is None
+
+
+def test_dampened_momentum_from_zero_is_a_moving_average_of_gradients():
+    """With dampening = momentum and one local step at lr 1, a client's update is minus the
+    moving average ``m <- beta m + (1 - beta) g`` of its gradients (ByzFL's worker vector),
+    the first step included; checked against gradients taken by autograd."""
+    data = make_data(num_clients=2)
+    model = init_model(mlp, (1, 8, 8), 10, seed=3)
+    layout = ParamLayout.of(model)
+    theta = layout.flatten(model)
+    beta = 0.9
+    trainer = LocalTrainer(model, layout, lr=1.0, momentum=beta, dampening=beta)
+    buffers = torch.zeros(2, layout.d)
+    average = torch.zeros(2, layout.d)
+    for round_ in range(3):
+        batches = sample_batch_indices(
+            data, torch.arange(2), 1, 8, torch.Generator().manual_seed(round_)
+        )
+        updates = trainer.train(theta, data.x, data.y, batches, buffers)
+        for client in range(2):
+            local = init_model(mlp, (1, 8, 8), 10, seed=3)
+            torch.nn.utils.vector_to_parameters(theta.clone(), local.parameters())
+            rows = batches[client, 0]
+            loss = torch.nn.functional.cross_entropy(local(data.x[rows]), data.y[rows])
+            grads = torch.autograd.grad(loss, list(local.parameters()))
+            gradient = torch.cat([g.reshape(-1) for g in grads])
+            average[client] = beta * average[client] + (1 - beta) * gradient
+        torch.testing.assert_close(updates, -average, rtol=1e-4, atol=1e-7)
+        theta = theta + 0.1 * updates.mean(0)
