@@ -1,7 +1,6 @@
 """Column sorting, the kernel of the coordinate-wise rules: the sorting network against the
 0-1 principle and against numpy's sort."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -57,9 +56,7 @@ def test_sort_columns_in_parallel_blocks(threads):
     torch.set_num_threads(threads)
     try:
         values = torch.randn(14, 150_001)  # above the parallel threshold, 3 network blocks
-        np.testing.assert_array_equal(
-            sort_columns(values).numpy(), np.sort(values.numpy(), axis=0)
-        )
+        np.testing.assert_array_equal(sort_columns(values).numpy(), np.sort(values.numpy(), axis=0))
     finally:
         torch.set_num_threads(before)
 
