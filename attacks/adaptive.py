@@ -33,6 +33,30 @@ def direction(rows: Tensor, shape: Shape, unbiased: bool = True) -> tuple[Tensor
     raise ConfigError(f"attack.shape={shape!r} is invalid: use 'alie', 'ipm' or 'minmax'.")
 
 
+def in_span_coordinates(
+    honest: Tensor, mu: Tensor, p: Tensor
+) -> tuple[Tensor, Tensor, Tensor] | None:
+    """Coordinates, in float64, of ``honest (h, d)``, ``mu (d,)`` and ``p (d,)`` in an
+    orthonormal basis of their span: ``(h, r)``, ``(r,)``, ``(r,)`` with ``r = h + 2``.
+
+    From the eigendecomposition ``G = V diag(lambda) V'`` of their float64 Gram matrix: the
+    rows of ``V diag(sqrt(lambda))`` have the same inner products as the inputs (exactly what
+    a basis gives, rank deficiency included), at the cost of one ``(r, d)`` product. Every
+    candidate matrix lies in that span, so a rotation-equivariant rule gives the same damage
+    on the coordinates. ``None`` when an input is not finite, or ``d <= r`` (then the attack
+    evaluates the full rows).
+    """
+    stacked = torch.cat([honest, mu[None], p[None]]).double()
+    if stacked.shape[0] >= stacked.shape[1]:
+        return None
+    gram = stacked @ stacked.T
+    if not bool(torch.isfinite(gram).all()):
+        return None
+    values, vectors = torch.linalg.eigh(gram)
+    coordinates = vectors * values.clamp(min=0.0).sqrt()
+    return coordinates[:-2], coordinates[-2], coordinates[-1]
+
+
 def line_maximize(
     objective: Callable[[float], float],
     evals: int = 16,
@@ -82,7 +106,13 @@ class Adaptive(Attack):
     """Search over ``gamma >= 0`` maximizing ``||defense(U(gamma)) - mu||``, where
     ``U(gamma)`` is this round's matrix with every Byzantine row set to ``mu + gamma * p``.
 
-    The defense is queried through ``ctx.defense.simulate`` (state untouched). Two searches:
+    The defense is queried through ``ctx.defense.simulate`` (state untouched). When the
+    defense declares ``rotation_equivariant`` (it uses only inner products of the rows: mean,
+    Krum, geometric median, clipping, NNM, ...) and ``project`` is on, each candidate is
+    evaluated on the coordinates of the rows in an orthonormal basis of ``span(honest rows,
+    mu, p)`` (:func:`in_span_coordinates`), in float64: the same damage (the aggregate lies in
+    that span and the basis preserves distances), at a cost that no longer grows with ``d``.
+    Two searches:
 
     - ``grid`` (default): a geometric grid of ``grid_size`` values in ``[gamma_min,
       gamma_max]`` (plus 0), then ``refine`` times a finer grid between the neighbours of the
@@ -98,6 +128,7 @@ class Adaptive(Attack):
         search: ``grid`` or ``line``.
         gamma_min, gamma_max, grid_size, refine: the grid search.
         evals, start, delta, ratio: the line search (ByzFL's defaults).
+        project: evaluate in the span of the rows when the defense allows it (see above).
         knowledge: ``omniscient`` (default; the attacker knows the honest updates and the
             defense) or ``local``.
     """
@@ -118,6 +149,7 @@ class Adaptive(Attack):
         start: float = 0.0,
         delta: float = 1.0,
         ratio: float = 0.8,
+        project: bool = True,
     ) -> None:
         super().__init__(knowledge)
         if shape not in ("alie", "ipm", "minmax"):
@@ -140,21 +172,26 @@ class Adaptive(Attack):
         self.grid_size, self.refine, self.unbiased = grid_size, refine, unbiased
         self.search = search
         self.evals, self.start, self.delta, self.ratio = evals, start, delta, ratio
+        self.project = project
         self.last_gamma: float | None = None
 
     def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         rows = self.observed(honest, byzantine)
         mu, p = direction(rows, self.shape, self.unbiased)
+        known = (honest, mu, p)
+        if self.project and getattr(ctx.defense, "rotation_equivariant", False):
+            known = in_span_coordinates(honest, mu, p) or known
+        honest_c, mu_c, p_c = known
         matrix = torch.empty(
-            ctx.num_clients, honest.shape[1], dtype=honest.dtype, device=honest.device
+            ctx.num_clients, honest_c.shape[1], dtype=honest_c.dtype, device=honest.device
         )
         is_byz = torch.zeros(ctx.num_clients, dtype=torch.bool, device=honest.device)
         is_byz[ctx.byzantine_rows.to(honest.device)] = True
-        matrix[~is_byz] = honest
+        matrix[~is_byz] = honest_c
 
         def damage(gamma: float) -> float:
-            matrix[is_byz] = mu + gamma * p
-            value = float(torch.linalg.vector_norm(ctx.defense.simulate(matrix) - mu))
+            matrix[is_byz] = mu_c + gamma * p_c
+            value = float(torch.linalg.vector_norm(ctx.defense.simulate(matrix) - mu_c))
             return value if math.isfinite(value) else math.inf
 
         if self.search == "line":

@@ -12,7 +12,12 @@ Optional hooks, used by the engine and ignored by rules that do not need them:
   server's own update for FLTrust when ``needs_server_update`` is true);
 - :meth:`Defense.reset`, :meth:`Defense.state_dict`, :meth:`Defense.load_state_dict` -- for
   stateful rules (centered clipping, FoolsGold);
-- ``last_selected`` -- diagnostics: the input rows the last call selected, or ``None``.
+- ``last_selected`` -- diagnostics: the input rows the last call selected, or ``None``;
+- ``rotation_equivariant`` -- True for rules built only from inner products of the rows
+  (norms, distances, weighted means of rows): ``rule(U Q) = rule(U) Q`` for every orthogonal
+  ``Q``. Adaptive attacks then evaluate candidates exactly in the span of the rows, a space
+  of dimension about ``n`` instead of ``d``. Coordinate-wise rules, stateful ones and those
+  that use vectors from outside the matrix (FLTrust's server update) must leave it False.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class Defense:
 
     #: Set to True by rules that need ``ctx.server_update`` in :meth:`prepare` (FLTrust).
     needs_server_update: bool = False
+    #: ``rule(U Q) = rule(U) Q`` for orthogonal ``Q`` (see the module docstring).
+    rotation_equivariant: bool = False
 
     def __init__(self) -> None:
         self.last_selected: Tensor | None = None
@@ -65,6 +72,9 @@ class Defense:
 class PreAggregator:
     """Base class of pre-aggregators: ``__call__(updates: (n, d)) -> (m, d)``."""
 
+    #: ``stage(U Q) = stage(U) Q`` for orthogonal ``Q`` (see the module docstring).
+    rotation_equivariant: bool = False
+
     def __call__(self, updates: Tensor) -> Tensor:
         raise NotImplementedError
 
@@ -88,6 +98,9 @@ class Pipeline(Defense):
         self.rule = rule
         self.needs_server_update = rule.needs_server_update
         self.root_size = getattr(rule, "root_size", None)
+        self.rotation_equivariant = rule.rotation_equivariant and all(
+            stage.rotation_equivariant for stage in self.pre
+        )
 
     def __call__(self, updates: Tensor) -> Tensor:
         for stage in self.pre:
@@ -156,8 +169,15 @@ def _build_pre(entry: Any, f: int | None) -> PreAggregator:
             )
         module, cls = PRE_AGGREGATORS[name].split(":")
         factory = getattr(importlib.import_module(module), cls)
-        if f is not None and "f" in inspect.signature(factory).parameters and "f" not in entry:
-            entry["f"] = f
+        wants_f = inspect.signature(factory).parameters.get("f")
+        if wants_f is not None and "f" not in entry:
+            if f is None and wants_f.default is inspect.Parameter.empty:
+                raise ConfigError(
+                    f"defense.pre {name} needs f, the assumed number of Byzantine clients, and "
+                    f"this rule has none to lend it: write {{name: {name}, f: N}}."
+                )
+            if f is not None:
+                entry["f"] = f
         stage = factory(**entry)
     else:
         stage = _instantiate(entry)

@@ -38,6 +38,8 @@ class Bucketing(PreAggregator):
     """Bucketing with bucket size ``s`` (the paper uses ``s = 2``); randomness from the
     round's defense generator."""
 
+    rotation_equivariant = True  # means of rows (of a permutation)
+
     def __init__(self, s: int = 2) -> None:
         if s < 1:
             raise ConfigError(f"defense.pre bucketing: s={s} is invalid: it must be >= 1.")

@@ -42,6 +42,8 @@ class Clipping(PreAggregator):
         f: the assumed number of Byzantine clients.
     """
 
+    rotation_equivariant = True  # norms only
+
     def __init__(self, c: float | None = None, adaptive: bool = False, f: int = 0) -> None:
         if not adaptive and (c is None or c <= 0):
             raise ConfigError(

@@ -128,6 +128,8 @@ class GeometricMedian(Defense):
             start matters: ByzFL runs 3 iterations from zero with ``nu = 0.1``.
     """
 
+    rotation_equivariant = True  # distances only
+
     def __init__(
         self,
         nu: float = 1e-6,

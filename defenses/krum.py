@@ -51,6 +51,8 @@ class Krum(Defense):
             Blanchard et al. (2017) and Flower; ByzFL uses ``n - f - 1``.
     """
 
+    rotation_equivariant = True  # distances only; outputs a row
+
     def __init__(self, f: int, neighbors: int | None = None) -> None:
         super().__init__()
         self.f = f

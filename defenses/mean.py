@@ -22,6 +22,8 @@ class Mean(Defense):
     McMahan et al. (2017); the default is the plain mean used throughout the Byzantine
     literature."""
 
+    rotation_equivariant = True  # a weighted mean of the rows
+
     def __init__(self, weighted: bool = False) -> None:
         super().__init__()
         self.weighted = weighted

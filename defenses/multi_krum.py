@@ -38,6 +38,8 @@ class MultiKrum(Defense):
         neighbors: neighbours in the Krum score; ``None`` uses ``n - f - 2`` (Blanchard et al.).
     """
 
+    rotation_equivariant = True  # distances only; a mean of rows
+
     def __init__(self, f: int, m: int | None = None, neighbors: int | None = None) -> None:
         super().__init__()
         if f < 0:

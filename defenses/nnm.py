@@ -36,6 +36,8 @@ def nearest_neighbor_mixing(updates: Tensor, f: int) -> Tensor:
 class NearestNeighborMixing(PreAggregator):
     """NNM with ``f`` the assumed number of Byzantine clients (from the defense's ``f``)."""
 
+    rotation_equivariant = True  # distances only; means of rows
+
     def __init__(self, f: int) -> None:
         if f < 0:
             raise ConfigError(f"defense.pre nnm: f={f} is invalid: it must be >= 0.")

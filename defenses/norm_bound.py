@@ -28,6 +28,7 @@ class NormBound(Defense):
             raise ConfigError(f"defense.sigma={sigma} is invalid: it must be >= 0.")
         self.M, self.sigma = M, sigma
         self._generator: torch.Generator | None = None
+        self.rotation_equivariant = sigma == 0  # noise is drawn per coordinate
 
     def prepare(self, ctx) -> None:
         self._generator = ctx.defense_generator

@@ -142,22 +142,30 @@ def mlp_sgd_step(
     momentum: float,
     weight_decay: float,
     dampening: float = 0.0,
+    scratch: dict[str, Tensor] | None = None,
 ) -> None:
     """One SGD step of every client of an MLP, in place, by hand with batched matrix products.
 
-    ``params`` (and ``buffers``, the momentum) are ``{name: (C, *shape)}`` views of the flat
-    rows; ``x (C, B, ...)``, ``y (C, B)``. The gradient of the mean cross-entropy is formed
-    layer by layer and folded straight into the parameters with ``baddbmm_``: no autograd
-    graph, no vmap, and no ``(C, out, in)`` gradient tensor per step (allocating those fresh
-    each step cost more, in page faults, than computing them). The same update as
+    ``params`` are ``{name: (C, *shape)}`` *contiguous* tensors (see below), ``buffers`` (the
+    momentum) views of any layout; ``x (C, B, ...)``, ``y (C, B)``. The gradient of the mean
+    cross-entropy is formed layer by layer with batched products, no autograd graph and no
+    vmap, and folded into the parameters in place. Without momentum each weight gradient goes
+    straight into its weight with ``baddbmm_``; with momentum it is written by one ``bmm`` into
+    ``scratch[name]`` (a contiguous buffer with at least ``C`` rows, reused across steps: fresh
+    memory costs page faults) and folded into the buffer. The same update as
     ``torch.optim.SGD`` (tested against the per-client loop).
+
+    Why contiguous: CPU batched products need each operand contiguous across the batch. On
+    views of the flat ``(C, d)`` rows (batch stride ``d``), torch copied every weight matrix
+    before each product and ran ``baddbmm_`` into a view as one ``addmm_`` per client.
     """
     batch = x.shape[1]
     h = x.flatten(2)
     inputs = []
     for weight, bias, relu in plan:
         inputs.append(h)
-        h = torch.baddbmm(params[bias].unsqueeze(1), h, params[weight].transpose(1, 2))
+        # bmm then a broadcast add: 15% faster than baddbmm with a broadcast bias here.
+        h = torch.bmm(h, params[weight].transpose(1, 2)).add_(params[bias].unsqueeze(1))
         if relu:
             h = h.relu_()
     delta = torch.softmax(h, dim=-1)  # d loss / d logits = (softmax - onehot) / B
@@ -168,23 +176,24 @@ def mlp_sgd_step(
         below = inputs[index]
         # Back-propagate through the old weights before they change.
         upstream = torch.bmm(delta, params[weight]).mul_(below > 0) if index else None
-        bias_grad = delta.sum(dim=1)
-        steps = (
-            (weight, lambda t, a, d=delta, b=below: t.baddbmm_(d.transpose(1, 2), b, alpha=a)),
-            (bias, lambda t, a, g=bias_grad: t.add_(g, alpha=a)),
-        )
-        for name, add_grad in steps:  # add_grad(t, a): t += a * gradient, in place
-            param = params[name]
-            if buffers is not None:  # buf = m buf + (1 - damp) (g + wd theta); theta -= lr buf
-                buf = buffers[name].mul_(momentum)
-                add_grad(buf, 1.0 - dampening)
+        delta_t = delta.transpose(1, 2)
+        if buffers is None:  # theta -= lr (g + wd theta)
+            for name in (weight, bias):
+                if weight_decay:
+                    params[name].mul_(1.0 - lr * weight_decay)
+            params[weight].baddbmm_(delta_t, below, alpha=-lr)
+            params[bias].add_(delta.sum(dim=1), alpha=-lr)
+        else:  # buf = m buf + (1 - damp) (g + wd theta); theta -= lr buf
+            shape = params[weight].shape
+            held = scratch.get(weight) if scratch is not None else None
+            out = held[: shape[0]] if held is not None and held.shape[1:] == shape[1:] else None
+            weight_grad = torch.bmm(delta_t, below, out=out)
+            for name, gradient in ((weight, weight_grad), (bias, delta.sum(dim=1))):
+                param = params[name]
+                buf = buffers[name].mul_(momentum).add_(gradient, alpha=1.0 - dampening)
                 if weight_decay:
                     buf.add_(param, alpha=weight_decay * (1.0 - dampening))
                 param.add_(buf, alpha=-lr)
-            else:  # theta -= lr (g + wd theta)
-                if weight_decay:
-                    param.mul_(1.0 - lr * weight_decay)
-                add_grad(param, -lr)
         delta = upstream
 
 
@@ -219,6 +228,9 @@ class LocalTrainer:
         self.chunk_size = chunk_size
         # MLPs take the hand-written in-place step (faster); other models vmap(grad(loss)).
         self.mlp_plan = mlp_plan(model)
+        # Contiguous parameter copies and weight-gradient buffers of the MLP path, grown on
+        # demand and reused across rounds (a cache: fresh memory costs page faults).
+        self._scratch: dict[str, Tensor] = {}
         self._grads = vmap(grad(make_loss(model)), in_dims=(0, 0, 0))
 
     def train(
@@ -256,31 +268,67 @@ class LocalTrainer:
             self._train_chunk(global_params, x, y, batches[start:stop], bufs, out[start:stop])
         return out
 
-    def _train_chunk(self, global_params, x, y, batches, bufs, theta) -> None:
-        """Train the clients of one chunk in place: ``theta (c, d)`` starts as the global
-        model and ends as the updates. Every optimizer step works on per-parameter views of
-        the flat rows, so no ``(c, d)`` temporary is allocated per step."""
+    def _held(self, key: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A cached contiguous tensor with room for ``shape`` (its first rows are returned)."""
+        held = self._scratch.get(key)
+        if (
+            held is None
+            or held.shape[0] < shape[0]
+            or held.shape[1:] != shape[1:]
+            or held.dtype != like.dtype
+            or held.device != like.device
+        ):
+            held = self._scratch[key] = torch.empty(shape, dtype=like.dtype, device=like.device)
+        return held[: shape[0]]
+
+    def _train_mlp_chunk(self, global_params, x, y, batches, bufs, theta) -> None:
+        """The MLP path of :meth:`_train_chunk`: the steps run on contiguous per-layer copies of
+        the parameters (see :func:`mlp_sgd_step`), written into the rows ``theta`` at the end."""
         num, steps, _ = batches.shape
-        theta.copy_(global_params.expand(num, -1))
-        params = self.layout.unflatten(theta)
-        if self.momentum and bufs is None:  # a fresh optimizer (e.g. the server's root update)
-            bufs = torch.zeros_like(theta)
+        start = self.layout.unflatten(global_params.unsqueeze(0))  # {name: (1, *shape)}
+        params = {}
+        for name, value in start.items():
+            params[name] = self._held(name, (num, *value.shape[1:]), global_params)
+            params[name].copy_(value.expand(num, *value.shape[1:]))
+        scratch = {}
+        if self.momentum:
+            for weight, _, _ in self.mlp_plan:
+                scratch[weight] = self._held("grad:" + weight, params[weight].shape, global_params)
         buffers = self.layout.unflatten(bufs) if self.momentum else None
         for step in range(steps):
             rows = batches[:, step]
-            if self.mlp_plan is not None:
-                mlp_sgd_step(
-                    self.mlp_plan,
-                    params,
-                    buffers,
-                    x[rows],
-                    y[rows],
-                    self.lr,
-                    self.momentum,
-                    self.weight_decay,
-                    self.dampening,
-                )
-                continue
+            flat_rows = rows.reshape(-1)  # index_select: 3x faster than x[rows] here
+            mlp_sgd_step(
+                self.mlp_plan,
+                params,
+                buffers,
+                x.index_select(0, flat_rows).view(*rows.shape, *x.shape[1:]),
+                y.index_select(0, flat_rows).view(rows.shape),
+                self.lr,
+                self.momentum,
+                self.weight_decay,
+                self.dampening,
+                scratch,
+            )
+        for name, view in self.layout.unflatten(theta).items():
+            view.copy_(params[name])
+        theta.sub_(global_params)
+
+    def _train_chunk(self, global_params, x, y, batches, bufs, theta) -> None:
+        """Train the clients of one chunk in place: ``theta (c, d)`` starts as the global
+        model and ends as the updates. The vmap path works on per-parameter views of the flat
+        rows, so no ``(c, d)`` temporary is allocated per step."""
+        if self.momentum and bufs is None:  # a fresh optimizer (e.g. the server's root update)
+            bufs = torch.zeros_like(theta)
+        if self.mlp_plan is not None:
+            self._train_mlp_chunk(global_params, x, y, batches, bufs, theta)
+            return
+        num, steps, _ = batches.shape
+        theta.copy_(global_params.expand(num, -1))
+        params = self.layout.unflatten(theta)
+        buffers = self.layout.unflatten(bufs) if self.momentum else None
+        for step in range(steps):
+            rows = batches[:, step]
             grads = self._grads(params, x[rows], y[rows])
             for name in self.layout.names:
                 g = grads[name]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from attacks.adaptive import Adaptive, line_maximize
+from attacks.adaptive import Adaptive, in_span_coordinates, line_maximize
 from attacks.alie import ALIE, alie_z
 from attacks.backdoor import Backdoor, stamp
 from attacks.fang import Fang
@@ -320,3 +320,55 @@ def test_attack_parameters_are_validated():
     ]:
         with pytest.raises(ConfigError, match=message):
             make()
+
+
+@pytest.mark.parametrize("shape", ["alie", "ipm"])
+def test_adaptive_search_in_the_span_of_the_rows_matches_the_full_search(shape):
+    """Against a rotation-equivariant pipeline (clipping, NNM, geometric median) the search on
+    span coordinates sees the same damage as on the full rows, so it picks the same scale; it
+    hands the defense matrices of h + 2 columns instead of d."""
+    from defenses.base import build_defense
+
+    honest, byz = matrices(seed=11, h=10, f=4, d=400)
+    defense = build_defense(
+        {
+            "_target_": "defenses.geomed.GeometricMedian",
+            "nu": 0.1,
+            "iterations": 3,
+            "tol": 0.0,
+            "init": "zero",
+            "pre": [{"name": "clipping", "c": 2.0}, {"name": "nnm", "f": 4}],
+        }
+    )
+    assert defense.rotation_equivariant
+    widths = []
+
+    class Recording(type(defense)):
+        def simulate(self, updates):
+            widths.append(updates.shape[1])
+            return super().simulate(updates)
+
+    defense.__class__ = Recording
+    ctx = context(14, 4, defense=defense)
+    projected = Adaptive(shape=shape, search="line")
+    full = Adaptive(shape=shape, search="line", project=False)
+    out_projected = projected.poison_updates(honest, byz, ctx)
+    assert set(widths) == {12}
+    widths.clear()
+    out_full = full.poison_updates(honest, byz, ctx)
+    assert set(widths) == {400}
+    assert projected.last_gamma == pytest.approx(full.last_gamma, rel=1e-6)
+    torch.testing.assert_close(out_projected, out_full)
+
+
+def test_span_coordinates_keep_every_inner_product():
+    honest, _ = matrices(seed=2, h=6, f=1, d=50)
+    mu = honest.mean(0)  # inside the honest span: the Gram matrix is singular
+    p = -honest.std(0)
+    rows, mu_c, p_c = in_span_coordinates(honest, mu, p)
+    assert rows.shape == (6, 8) and mu_c.shape == p_c.shape == (8,)
+    full = torch.cat([honest, mu[None], p[None]]).double()
+    coords = torch.cat([rows, mu_c[None], p_c[None]])
+    torch.testing.assert_close(coords @ coords.T, full @ full.T, rtol=1e-9, atol=1e-9)
+    honest[2, 5] = torch.nan
+    assert in_span_coordinates(honest, mu, p) is None

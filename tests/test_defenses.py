@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from omegaconf import OmegaConf
 
 from defenses.base import Pipeline, build_defense
 from defenses.bucketing import Bucketing, bucketing
@@ -357,6 +360,11 @@ def test_preconditions_name_the_numbers(rule, n, message):
     rule.check(20)
 
 
+def test_a_pre_aggregator_without_f_says_how_to_give_it():
+    with pytest.raises(ConfigError, match=r"write \{name: nnm, f: N\}"):
+        build_defense({"_target_": "defenses.geomed.GeometricMedian", "pre": ["nnm"]})
+
+
 def test_pipeline_composes_and_checks_the_reduced_row_count():
     rule = build_defense(
         {
@@ -414,3 +422,57 @@ def test_geometric_median_keeps_float32_accuracy_on_rows_with_a_large_common_par
     approx, _ = geometric_median(rows.float(), nu=1e-9, iterations=200, tol=1e-14)
     spread = float((rows - exact).norm(dim=1).mean())
     assert float((approx.double() - exact).norm()) < 1e-3 * spread
+
+
+# --------------------------------------------------------------------------- rotations
+
+DEFENSE_DIR = Path(__file__).parents[1] / "conf" / "defense"
+
+
+def shipped_defense(name: str, pre: tuple = ()):
+    """The conf/defense option ``name`` (f = 2), optionally behind pre-aggregators, prepared
+    with a seeded generator (bucketing draws from it)."""
+    root = OmegaConf.create(
+        {"fl": {"num_byzantine": 2}, "defense": OmegaConf.load(DEFENSE_DIR / f"{name}.yaml")}
+    )
+    node = OmegaConf.to_container(root, resolve=True)["defense"]
+    node.pop("name")
+    if pre:
+        node["pre"] = list(pre)
+    defense = build_defense(node)
+    if isinstance(defense, Pipeline):
+        for stage in defense.pre:
+            stage.prepare(SimpleNamespace(defense_generator=torch.Generator().manual_seed(0)))
+    return defense
+
+
+PRE_STAGES = (
+    ({"name": "nnm", "f": 2},),
+    ({"name": "bucketing", "s": 2},),
+    ({"name": "clipping", "c": 1.0}, {"name": "nnm", "f": 2}),
+    ({"name": "clipping", "adaptive": True, "f": 2},),
+)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rules_that_declare_rotation_equivariance_have_it(seed):
+    """rule(U Q) = rule(U) Q for a random orthogonal Q, for every shipped rule and pipeline
+    that says so (adaptive attacks rely on it); coordinate-wise and stateful rules do not."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(11, 8, generator=g, dtype=torch.float64)
+    u[9:] *= 6.0  # two outliers, so that clipping and selection have work to do
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=g, dtype=torch.float64))
+    names = sorted(path.stem for path in DEFENSE_DIR.glob("*.yaml"))
+    candidates = [(name, ()) for name in names]
+    candidates += [(rule, pre) for rule in ("geomed", "krum", "trimmed_mean") for pre in PRE_STAGES]
+    declared = set()
+    for name, pre in candidates:
+        defense = shipped_defense(name, pre)
+        if defense.rotation_equivariant:
+            declared.add(name)
+            torch.testing.assert_close(
+                defense.simulate(u @ q), defense.simulate(u) @ q, rtol=1e-7, atol=1e-9
+            )
+    assert {"mean", "krum", "multi_krum", "geomed", "rfa", "norm_bound"} <= declared
+    for name in ("median", "trimmed_mean", "bulyan", "meamed", "dnc", "centered_clipping"):
+        assert name not in declared
