@@ -4,8 +4,10 @@ Shejwalkar and Houmansadr 2021 to any defense, including ones added later)."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -33,18 +35,29 @@ def direction(rows: Tensor, shape: Shape, unbiased: bool = True) -> tuple[Tensor
     raise ConfigError(f"attack.shape={shape!r} is invalid: use 'alie', 'ipm' or 'minmax'.")
 
 
-def in_span_coordinates(
-    honest: Tensor, mu: Tensor, p: Tensor
-) -> tuple[Tensor, Tensor, Tensor] | None:
-    """Coordinates, in float64, of ``honest (h, d)``, ``mu (d,)`` and ``p (d,)`` in an
-    orthonormal basis of their span: ``(h, r)``, ``(r,)``, ``(r,)`` with ``r = h + 2``.
+@dataclass(frozen=True)
+class Span:
+    """The honest rows, ``mu`` and ``p`` as float64 coordinates ``(h, k)``, ``(k,)``, ``(k,)``
+    in an orthonormal basis of their span, and the basis ``(k, d)`` (in the input dtype):
+    ``rows = coordinates @ basis``."""
+
+    honest: Tensor
+    mu: Tensor
+    p: Tensor
+    basis: Tensor
+
+
+def in_span_coordinates(honest: Tensor, mu: Tensor, p: Tensor) -> Span | None:
+    """Coordinates of ``honest (h, d)``, ``mu (d,)`` and ``p (d,)`` in an orthonormal basis of
+    their span, of dimension ``k <= h + 2``.
 
     From the eigendecomposition ``G = V diag(lambda) V'`` of their float64 Gram matrix: the
-    rows of ``V diag(sqrt(lambda))`` have the same inner products as the inputs (exactly what
-    a basis gives, rank deficiency included), at the cost of one ``(r, d)`` product. Every
-    candidate matrix lies in that span, so a rotation-equivariant rule gives the same damage
-    on the coordinates. ``None`` when an input is not finite, or ``d <= r`` (then the attack
-    evaluates the full rows).
+    rows of ``V diag(sqrt(lambda))`` have the inputs' inner products (what any orthonormal
+    basis gives), and ``diag(1 / sqrt(lambda)) V'`` times the inputs is the basis; directions
+    with ``lambda`` below ``1e-12`` of the largest (rank deficiency: ``mu`` is the mean of
+    the honest rows) are dropped. Every candidate matrix lies in that span, so a
+    rotation-equivariant rule gives the same damage on the coordinates. ``None`` when an
+    input is not finite, or ``d <= h + 2`` (then the attack evaluates the full rows).
     """
     stacked = torch.cat([honest, mu[None], p[None]]).double()
     if stacked.shape[0] >= stacked.shape[1]:
@@ -53,8 +66,11 @@ def in_span_coordinates(
     if not bool(torch.isfinite(gram).all()):
         return None
     values, vectors = torch.linalg.eigh(gram)
-    coordinates = vectors * values.clamp(min=0.0).sqrt()
-    return coordinates[:-2], coordinates[-2], coordinates[-1]
+    keep = values > 1e-12 * values.max().clamp(min=torch.finfo(torch.float64).tiny)
+    values, vectors = values[keep], vectors[:, keep]
+    coordinates = vectors * values.sqrt()
+    basis = (vectors / values.sqrt()).T @ stacked
+    return Span(coordinates[:-2], coordinates[-2], coordinates[-1], basis.to(honest.dtype))
 
 
 def line_maximize(
@@ -106,13 +122,15 @@ class Adaptive(Attack):
     """Search over ``gamma >= 0`` maximizing ``||defense(U(gamma)) - mu||``, where
     ``U(gamma)`` is this round's matrix with every Byzantine row set to ``mu + gamma * p``.
 
-    The defense is queried through ``ctx.defense.simulate`` (state untouched). When the
+    The defense is queried on copies (``ctx.defense.simulate``; state untouched). When the
     defense declares ``rotation_equivariant`` (it uses only inner products of the rows: mean,
     Krum, geometric median, clipping, NNM, ...) and ``project`` is on, each candidate is
     evaluated on the coordinates of the rows in an orthonormal basis of ``span(honest rows,
     mu, p)`` (:func:`in_span_coordinates`), in float64: the same damage (the aggregate lies in
     that span and the basis preserves distances), at a cost that no longer grows with ``d``.
-    Two searches:
+    For a pipeline whose first pre-aggregators are equivariant (clipping, NNM, bucketing) in
+    front of a coordinate-wise rule, those stages run on the coordinates and only the rest on
+    the rows mapped back to ``d`` coordinates. Two searches:
 
     - ``grid`` (default): a geometric grid of ``grid_size`` values in ``[gamma_min,
       gamma_max]`` (plus 0), then ``refine`` times a finer grid between the neighbours of the
@@ -178,27 +196,51 @@ class Adaptive(Attack):
     def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         rows = self.observed(honest, byzantine)
         mu, p = direction(rows, self.shape, self.unbiased)
-        known = (honest, mu, p)
-        if self.project and getattr(ctx.defense, "rotation_equivariant", False):
-            known = in_span_coordinates(honest, mu, p) or known
-        honest_c, mu_c, p_c = known
-        matrix = torch.empty(
-            ctx.num_clients, honest_c.shape[1], dtype=honest_c.dtype, device=honest.device
-        )
-        is_byz = torch.zeros(ctx.num_clients, dtype=torch.bool, device=honest.device)
-        is_byz[ctx.byzantine_rows.to(honest.device)] = True
-        matrix[~is_byz] = honest_c
-
-        def damage(gamma: float) -> float:
-            matrix[is_byz] = mu_c + gamma * p_c
-            value = float(torch.linalg.vector_norm(ctx.defense.simulate(matrix) - mu_c))
-            return value if math.isfinite(value) else math.inf
-
+        damage = self._damage(honest, mu, p, ctx)
         if self.search == "line":
             self.last_gamma = line_maximize(damage, self.evals, self.start, self.delta, self.ratio)
         else:
             self.last_gamma = self._grid_search(damage)
         return repeat_row(mu + self.last_gamma * p, len(byzantine))
+
+    def _damage(
+        self, honest: Tensor, mu: Tensor, p: Tensor, ctx: RoundContext
+    ) -> Callable[[float], float]:
+        """``gamma -> ||defense(U(gamma)) - mu||`` on a copy of the defense: on span
+        coordinates when the whole defense is rotation-equivariant, with only the tail after
+        an equivariant head on the full rows when it is a pipeline with one, else on the
+        full rows."""
+        defense = ctx.defense
+        span = in_span_coordinates(honest, mu, p) if self.project else None
+        head_size = 0
+        if span is not None and not defense.rotation_equivariant:
+            split = getattr(defense, "split_equivariant", None)
+            head_size = len(split()[0]) if split is not None else 0
+            if head_size == 0:
+                span = None
+        coords = (honest, mu, p) if span is None else (span.honest, span.mu, span.p)
+        matrix = torch.empty(
+            ctx.num_clients, coords[0].shape[1], dtype=coords[0].dtype, device=honest.device
+        )
+        is_byz = torch.zeros(ctx.num_clients, dtype=torch.bool, device=honest.device)
+        is_byz[ctx.byzantine_rows.to(honest.device)] = True
+        matrix[~is_byz] = coords[0]
+
+        def aggregate_gap(candidate: Tensor) -> float:
+            if span is None or head_size == 0:  # full rows, or all in the span
+                return float(torch.linalg.vector_norm(defense.simulate(candidate) - coords[1]))
+            head, tail = copy.deepcopy(defense).split_equivariant()
+            for stage in head:
+                candidate = stage(candidate)
+            lifted = candidate.to(span.basis.dtype) @ span.basis
+            return float(torch.linalg.vector_norm(tail(lifted) - mu))
+
+        def damage(gamma: float) -> float:
+            matrix[is_byz] = coords[1] + gamma * coords[2]
+            value = aggregate_gap(matrix)
+            return value if math.isfinite(value) else math.inf
+
+        return damage
 
     def _grid_search(self, damage: Callable[[float], float]) -> float:
         grid = [

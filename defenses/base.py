@@ -116,6 +116,16 @@ class Pipeline(Defense):
             n = stage.output_rows(n)
         self.rule.check(n)
 
+    def split_equivariant(self) -> tuple[list[PreAggregator], Defense]:
+        """``(head, tail)`` with ``self(U) = tail(head_k(...head_1(U)))``: the leading
+        rotation-equivariant pre-aggregators and the rest as one defense. Adaptive attacks run
+        the head in the span of the rows and only the tail on all ``d`` coordinates."""
+        count = 0
+        while count < len(self.pre) and self.pre[count].rotation_equivariant:
+            count += 1
+        rest = self.pre[count:]
+        return self.pre[:count], (Pipeline(rest, self.rule) if rest else self.rule)
+
     def prepare(self, ctx: RoundContext) -> None:
         for stage in self.pre:
             stage.prepare(ctx)

@@ -353,7 +353,8 @@ def test_adaptive_search_in_the_span_of_the_rows_matches_the_full_search(shape):
     projected = Adaptive(shape=shape, search="line")
     full = Adaptive(shape=shape, search="line", project=False)
     out_projected = projected.poison_updates(honest, byz, ctx)
-    assert set(widths) == {12}
+    # at most h + 2 columns (fewer: mu, and for IPM p = -mu, lie in the honest rows' span)
+    assert len(set(widths)) == 1 and widths[0] <= 12
     widths.clear()
     out_full = full.poison_updates(honest, byz, ctx)
     assert set(widths) == {400}
@@ -363,12 +364,37 @@ def test_adaptive_search_in_the_span_of_the_rows_matches_the_full_search(shape):
 
 def test_span_coordinates_keep_every_inner_product():
     honest, _ = matrices(seed=2, h=6, f=1, d=50)
-    mu = honest.mean(0)  # inside the honest span: the Gram matrix is singular
+    mu = honest.mean(0)  # inside the honest span: one direction fewer
     p = -honest.std(0)
-    rows, mu_c, p_c = in_span_coordinates(honest, mu, p)
-    assert rows.shape == (6, 8) and mu_c.shape == p_c.shape == (8,)
+    span = in_span_coordinates(honest, mu, p)
+    assert span.honest.shape == (6, 7) and span.mu.shape == span.p.shape == (7,)
     full = torch.cat([honest, mu[None], p[None]]).double()
-    coords = torch.cat([rows, mu_c[None], p_c[None]])
+    coords = torch.cat([span.honest, span.mu[None], span.p[None]])
     torch.testing.assert_close(coords @ coords.T, full @ full.T, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close((coords @ span.basis.double()).float(), full.float())
     honest[2, 5] = torch.nan
     assert in_span_coordinates(honest, mu, p) is None
+
+
+def test_a_coordinatewise_rule_behind_equivariant_stages_sees_the_same_damage():
+    """Clipping and NNM in front of the trimmed mean: those two stages run on the span
+    coordinates, the trimmed mean on the rows mapped back; the search picks the same scale as
+    on the full rows."""
+    from defenses.base import build_defense
+
+    honest, byz = matrices(seed=5, h=10, f=4, d=300)
+    node = {
+        "_target_": "defenses.trimmed_mean.TrimmedMean",
+        "f": 4,
+        "pre": [{"name": "clipping", "c": 2.0}, "nnm"],
+    }
+    defense = build_defense(node)
+    assert not defense.rotation_equivariant and len(defense.split_equivariant()[0]) == 2
+    ctx = context(14, 4, defense=defense)
+    for shape in ("alie", "ipm"):
+        projected = Adaptive(shape=shape, search="line")
+        full = Adaptive(shape=shape, search="line", project=False)
+        torch.testing.assert_close(
+            projected.poison_updates(honest, byz, ctx), full.poison_updates(honest, byz, ctx)
+        )
+        assert projected.last_gamma == pytest.approx(full.last_gamma, rel=1e-6)
