@@ -15,7 +15,8 @@ from defenses.nnm import nearest_neighbor_mixing
 from robustfl.context import RoundContext
 from robustfl.linalg import krum_scores
 
-SHAPES = [(50, 10_000), (50, 100_000), (50, 1_000_000), (200, 100_000)]
+# The four shapes, and (14, 1e5): the ByzFL heatmap's 10 + 4 clients of an MLP.
+SHAPES = [(50, 10_000), (50, 100_000), (50, 1_000_000), (200, 100_000), (14, 100_000)]
 F_SHARE = 0.2  # f = 20% of n
 
 

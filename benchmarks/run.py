@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import aggregation, simulation, sweep
+from benchmarks import aggregation, attack, simulation, sweep
 
 
 def machine(device: str) -> dict:
@@ -64,11 +64,25 @@ def print_aggregation(rows: list[dict]) -> None:
         )
 
 
+def print_attack(rows: list[dict]) -> None:
+    print("\n## Adaptive attack, one round (16 evaluations): full rows vs span of the rows")
+    print(
+        f"{'defense':<36}{'n':>4}{'d':>9}{'full ms':>10}{'span ms':>10}{'speedup':>9}  same gamma"
+    )
+    for r in rows:
+        print(
+            f"{r['defense']:<36}{r['n']:>4}{r['d']:>9}{r['full_rows_ms']:>10.1f}"
+            f"{r['span_ms']:>10.1f}{r['speedup']:>8.1f}x  {r['same_gamma']}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--only", choices=["simulation", "aggregation", "sweep"], default=None)
+    parser.add_argument(
+        "--only", choices=["simulation", "aggregation", "attack", "sweep"], default=None
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args()
     results: dict = {"machine": machine(args.device)}
@@ -79,6 +93,9 @@ def main() -> None:
     if args.only in (None, "aggregation") and args.device == "cpu":
         results["aggregation"] = aggregation.run(args.quick)
         print_aggregation(results["aggregation"])
+    if args.only in (None, "attack") and args.device == "cpu":
+        results["attack"] = attack.run(args.quick)
+        print_attack(results["attack"])
     if args.only in (None, "sweep") and args.device == "cpu" and not args.quick:
         results["sweep"] = sweep.run()
         s = results["sweep"]
