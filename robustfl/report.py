@@ -219,6 +219,22 @@ def worst_case(frame: pd.DataFrame) -> pd.DataFrame:
     ].reset_index(drop=True)
 
 
+def worst_case_grid(frame: pd.DataFrame, value: str = "best_accuracy") -> pd.DataFrame:
+    """ByzFL's heatmap cell for every (defense, f, partition parameter): the lowest, over
+    attacks, of ``value`` averaged over seeds; long format with the attack that reached it.
+    Only ended runs (completed or diverged) count."""
+    keys = ["defense", "f", "partition_param"]
+    ended = frame[frame["status"].isin(["completed", "diverged"])]
+    done = ended.dropna(subset=[value]).copy()
+    if done.empty:
+        return pd.DataFrame(columns=[*keys, value, "worst_attack"])
+    done["partition_param"] = done["partition_param"].fillna("-")
+    means = done.groupby([*keys, "attack"])[value].mean().reset_index()
+    worst = means.loc[means.groupby(keys)[value].idxmin()]
+    worst = worst.rename(columns={"attack": "worst_attack"})
+    return worst[[*keys, value, "worst_attack"]].sort_values(keys).reset_index(drop=True)
+
+
 def _embed(path: Path) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
@@ -243,6 +259,17 @@ def write_report(roots: list[Path], out: Path) -> Path:
     ]
     counts = frame["status"].value_counts().to_dict()
     ranked = worst_case(frame)
+    grid = worst_case_grid(frame)
+    varied = frame["f"].nunique() > 1 or frame["partition_param"].nunique() > 1
+    grid_parts = []
+    if varied and not grid.empty:
+        grid.to_csv(out / "worst_case_grid.csv", index=False)
+        for defense, part in grid.groupby("defense"):
+            table = part.pivot(index="f", columns="partition_param", values="best_accuracy")
+            grid_parts.append(
+                f"<h3>{html.escape(str(defense))}</h3>"
+                + table.to_html(float_format=lambda v: f"{v:.4f}")
+            )
     notes = sorted({n for folder in frame["run_dir"] for n in _data_notes(Path(folder))})
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>robustfl report</title>",
@@ -256,6 +283,15 @@ def write_report(roots: list[Path], out: Path) -> Path:
         "".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes),
         "<h2>Worst case per defense (lowest mean final accuracy over attacks)</h2>",
         ranked.to_html(index=False, float_format=lambda v: f"{v:.4f}"),
+        *(
+            [
+                "<h2>Worst case over attacks of the best accuracy, by f (rows) and partition "
+                "parameter (columns)</h2>",
+                *grid_parts,
+            ]
+            if grid_parts
+            else []
+        ),
         *[f"<h2>{html.escape(p.stem.replace('_', ' '))}</h2>{_embed(p)}" for p in figures if p],
         "<h2>All runs</h2>",
         frame.drop(columns=["run_dir"]).to_html(

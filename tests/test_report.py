@@ -14,7 +14,7 @@ from conftest import FAST
 from omegaconf import OmegaConf
 
 from robustfl.api import compose_config, run_experiment
-from robustfl.report import main, worst_case
+from robustfl.report import main, worst_case, worst_case_grid
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,26 @@ def test_worst_case_ranks_defenses_by_their_lowest_mean_over_attacks():
     assert ranked["defense"].tolist() == ["a", "b"]
     assert ranked["worst_accuracy"].tolist() == [0.6, 0.5]
     assert ranked["worst_attack"].tolist() == ["y", "x"]
+
+
+def test_worst_case_grid_is_the_lowest_best_accuracy_over_attacks_per_cell():
+    rows = [  # (defense, f, gamma, attack, seed, best, status)
+        ("tm", 1, 0.0, "a", 0, 0.9, "completed"),
+        ("tm", 1, 0.0, "a", 1, 0.7, "completed"),  # mean over seeds 0.8
+        ("tm", 1, 0.0, "b", 0, 0.85, "completed"),
+        ("tm", 1, 1.0, "a", 0, 0.95, "completed"),
+        ("tm", 1, 1.0, "b", 0, 0.10, "unfinished"),  # not ended: ignored
+        ("tm", 4, 0.0, "b", 0, 0.30, "diverged"),
+    ]
+    frame = pd.DataFrame(
+        rows,
+        columns=["defense", "f", "partition_param", "attack", "seed", "best_accuracy", "status"],
+    )
+    grid = worst_case_grid(frame)
+    cells = {(r.f, r.partition_param): (r.best_accuracy, r.worst_attack) for r in grid.itertuples()}
+    assert cells[(1, 0.0)] == (pytest.approx(0.8), "a")
+    assert cells[(1, 1.0)] == (0.95, "a")
+    assert cells[(4, 0.0)] == (0.30, "b")
 
 
 def test_report_is_self_contained(runs, tmp_path):
