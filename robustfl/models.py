@@ -39,12 +39,16 @@ def cnn(
     input_shape: Sequence[int],
     num_classes: int,
     channels: Sequence[int] = (32, 64),
-    hidden: int = 128,
+    hidden: int | Sequence[int] = 128,
     groups: int = 0,
 ) -> nn.Module:
     """``(Conv3x3 -> [GroupNorm] -> ReLU -> MaxPool2)`` per entry of ``channels``, then
-    ``Linear(hidden) -> ReLU -> Linear``. Needs image input ``(C, H, W)``; flat input of a
-    square number of features is read as one channel."""
+    ``Linear(h) -> ReLU`` per hidden width (``hidden``: one width or a list, as for ``mlp``)
+    and a linear head. Needs image input ``(C, H, W)``; flat input of a square number of
+    features is read as one channel."""
+    widths = [int(hidden)] if isinstance(hidden, int) else [int(h) for h in hidden]
+    if any(w < 1 for w in widths):
+        raise ConfigError(f"model.hidden={hidden} is invalid: every width must be >= 1.")
     shape = list(input_shape)
     if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
         side = math.isqrt(shape[0])
@@ -73,12 +77,12 @@ def cnn(
                 f"model.channels={list(channels)} has more pooling stages than the input "
                 f"{tuple(shape)} allows: use fewer entries."
             )
-    layers += [
-        nn.Flatten(),
-        nn.Linear(previous * side_h * side_w, hidden),
-        nn.ReLU(),
-        nn.Linear(hidden, num_classes),
-    ]
+    layers.append(nn.Flatten())
+    features = previous * side_h * side_w
+    for width in widths:
+        layers += [nn.Linear(features, width), nn.ReLU()]
+        features = width
+    layers.append(nn.Linear(features, num_classes))
     return nn.Sequential(*layers)
 
 

@@ -54,3 +54,29 @@ def test_init_model_is_seeded_and_leaves_global_rng_alone():
     assert torch.equal(before, after)
     pa, pb, pc = (torch.nn.utils.parameters_to_vector(m.parameters()) for m in (a, b, c))
     assert torch.equal(pa, pb) and not torch.equal(pa, pc)
+
+
+def test_cnn_hidden_is_one_width_or_a_list_as_for_the_mlp():
+    """The presets set model.hidden=[128] for the MLP; model=cnn must accept it too."""
+    one = cnn((1, 28, 28), 10, hidden=128)
+    listed = cnn((1, 28, 28), 10, hidden=[128])
+    assert [p.shape for p in one.parameters()] == [p.shape for p in listed.parameters()]
+    deeper = cnn((1, 28, 28), 10, hidden=[64, 32])
+    linear = [m for m in deeper if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [
+        (64 * 7 * 7, 64),
+        (64, 32),
+        (32, 10),
+    ]
+    with pytest.raises(ConfigError, match="model.hidden"):
+        cnn((1, 28, 28), 10, hidden=[0])
+
+
+@pytest.mark.parametrize("preset", ["bucketing_mimic", "byzfl_heatmap"])
+def test_reproduction_presets_offer_the_cnn(preset):
+    from robustfl.api import compose_config
+    from robustfl.config import instantiate_option
+
+    cfg = compose_config([f"experiment={preset}", "model=cnn"])
+    model = instantiate_option(cfg.model, _partial_=True)(input_shape=(1, 28, 28), num_classes=10)
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
