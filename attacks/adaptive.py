@@ -38,16 +38,18 @@ def direction(rows: Tensor, shape: Shape, unbiased: bool = True) -> tuple[Tensor
 @dataclass(frozen=True)
 class Span:
     """The honest rows, ``mu`` and ``p`` as float64 coordinates ``(h, k)``, ``(k,)``, ``(k,)``
-    in an orthonormal basis of their span, and the basis ``(k, d)`` (in the input dtype):
-    ``rows = coordinates @ basis``."""
+    in an orthonormal basis of their span, and, when asked for, the basis ``(k, d)`` (in the
+    input dtype): ``rows = coordinates @ basis``."""
 
     honest: Tensor
     mu: Tensor
     p: Tensor
-    basis: Tensor
+    basis: Tensor | None
 
 
-def in_span_coordinates(honest: Tensor, mu: Tensor, p: Tensor) -> Span | None:
+def in_span_coordinates(
+    honest: Tensor, mu: Tensor, p: Tensor, with_basis: bool = False
+) -> Span | None:
     """Coordinates of ``honest (h, d)``, ``mu (d,)`` and ``p (d,)`` in an orthonormal basis of
     their span, of dimension ``k <= h + 2``.
 
@@ -57,7 +59,8 @@ def in_span_coordinates(honest: Tensor, mu: Tensor, p: Tensor) -> Span | None:
     with ``lambda`` below ``1e-12`` of the largest (rank deficiency: ``mu`` is the mean of
     the honest rows) are dropped. Every candidate matrix lies in that span, so a
     rotation-equivariant rule gives the same damage on the coordinates. ``None`` when an
-    input is not finite, or ``d <= h + 2`` (then the attack evaluates the full rows).
+    input is not finite, all are zero, or ``d <= h + 2`` (then the attack evaluates the full
+    rows). The basis costs one more ``(k, d)`` product; it is built with ``with_basis``.
     """
     stacked = torch.cat([honest, mu[None], p[None]]).double()
     if stacked.shape[0] >= stacked.shape[1]:
@@ -66,11 +69,13 @@ def in_span_coordinates(honest: Tensor, mu: Tensor, p: Tensor) -> Span | None:
     if not bool(torch.isfinite(gram).all()):
         return None
     values, vectors = torch.linalg.eigh(gram)
-    keep = values > 1e-12 * values.max().clamp(min=torch.finfo(torch.float64).tiny)
+    keep = values > 1e-12 * values.max()
+    if not bool(keep.any()):
+        return None
     values, vectors = values[keep], vectors[:, keep]
     coordinates = vectors * values.sqrt()
-    basis = (vectors / values.sqrt()).T @ stacked
-    return Span(coordinates[:-2], coordinates[-2], coordinates[-1], basis.to(honest.dtype))
+    basis = ((vectors / values.sqrt()).T @ stacked).to(honest.dtype) if with_basis else None
+    return Span(coordinates[:-2], coordinates[-2], coordinates[-1], basis)
 
 
 def line_maximize(
@@ -211,13 +216,13 @@ class Adaptive(Attack):
         an equivariant head on the full rows when it is a pipeline with one, else on the
         full rows."""
         defense = ctx.defense
-        span = in_span_coordinates(honest, mu, p) if self.project else None
-        head_size = 0
-        if span is not None and not defense.rotation_equivariant:
+        head_size = 0  # equivariant stages in front of a rule that is not
+        if not defense.rotation_equivariant:
             split = getattr(defense, "split_equivariant", None)
             head_size = len(split()[0]) if split is not None else 0
-            if head_size == 0:
-                span = None
+        span = None
+        if self.project and (defense.rotation_equivariant or head_size):
+            span = in_span_coordinates(honest, mu, p, with_basis=head_size > 0)
         coords = (honest, mu, p) if span is None else (span.honest, span.mu, span.p)
         matrix = torch.empty(
             ctx.num_clients, coords[0].shape[1], dtype=coords[0].dtype, device=honest.device

@@ -366,12 +366,14 @@ def test_span_coordinates_keep_every_inner_product():
     honest, _ = matrices(seed=2, h=6, f=1, d=50)
     mu = honest.mean(0)  # inside the honest span: one direction fewer
     p = -honest.std(0)
-    span = in_span_coordinates(honest, mu, p)
+    span = in_span_coordinates(honest, mu, p, with_basis=True)
     assert span.honest.shape == (6, 7) and span.mu.shape == span.p.shape == (7,)
     full = torch.cat([honest, mu[None], p[None]]).double()
     coords = torch.cat([span.honest, span.mu[None], span.p[None]])
     torch.testing.assert_close(coords @ coords.T, full @ full.T, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close((coords @ span.basis.double()).float(), full.float())
+    assert in_span_coordinates(honest, mu, p).basis is None  # only built when asked for
+    assert in_span_coordinates(torch.zeros(6, 50), torch.zeros(50), torch.zeros(50)) is None
     honest[2, 5] = torch.nan
     assert in_span_coordinates(honest, mu, p) is None
 
