@@ -44,7 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 # The published settings (docs/results.md). On 2 cores with the default MLP: bucketing_mimic
-# took 17 minutes; byzfl_heatmap is estimated at 6.5 hours (its searched attacks dominate).
+# took 17 minutes, byzfl_heatmap (96 runs) about 75 minutes.
 reproduce: $(STAMP)
 	$(BIN)/robustfl -m experiment=bucketing_mimic hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/bucketing_mimic resume=true
 	$(BIN)/robustfl -m experiment=byzfl_heatmap hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/byzfl_heatmap resume=true
