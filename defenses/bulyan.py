@@ -63,7 +63,15 @@ def closest_to_median_mean(selected: Tensor, beta: int) -> Tensor:
     starts = t - beta + 1
     cost = torch.maximum(med - ordered[:starts], ordered[beta - 1 : beta - 1 + starts] - med)
     cost = torch.nan_to_num(cost, nan=torch.inf)  # a window reaching a NaN never wins
-    best = torch.argmin(cost, dim=0, keepdim=True)  # (1, d)
+    # argmin over the few window starts, as a running minimum: torch.argmin along dim 0 took
+    # 13 ms at (5, 1e5), the loop a fraction of a millisecond. Strict < keeps the lowest start.
+    best = torch.zeros(cost.shape[1], dtype=torch.long, device=cost.device)
+    lowest = cost[0].clone()
+    for start in range(1, starts):
+        better = cost[start] < lowest
+        lowest = torch.where(better, cost[start], lowest)
+        best.masked_fill_(better, start)
+    best = best[None, :]  # (1, d)
     # Gather the window (beta, d) and average it; a cumulative-sum difference would be cheaper
     # but cancels in float32 next to large outlying values.
     rows = best + torch.arange(beta, device=ordered.device)[:, None]

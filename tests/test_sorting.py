@@ -55,7 +55,7 @@ def test_sort_columns_in_parallel_blocks(threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        values = torch.randn(14, 150_001)  # above the parallel threshold, 3 network blocks
+        values = torch.randn(14, 300_001)  # above the parallel threshold, 5 network blocks
         np.testing.assert_array_equal(sort_columns(values).numpy(), np.sort(values.numpy(), axis=0))
     finally:
         torch.set_num_threads(before)
