@@ -7,12 +7,11 @@ import numpy as np
 import scipy.stats
 import torch
 
-from benchmarks.common import median_time
+from benchmarks.common import median_time, round_context
 from defenses.base import build_defense
 from defenses.bucketing import bucketing
 from defenses.clipping import clipping
 from defenses.nnm import nearest_neighbor_mixing
-from robustfl.context import RoundContext
 from robustfl.linalg import krum_scores
 
 # The four shapes, and (14, 1e5): the ByzFL heatmap's 10 + 4 clients of an MLP.
@@ -119,22 +118,6 @@ def rules(n: int, f: int) -> dict[str, dict]:
     }
 
 
-def context(n: int, d: int) -> RoundContext:
-    return RoundContext(
-        round=0,
-        defense=None,
-        global_params=torch.zeros(d),
-        generator=torch.Generator().manual_seed(0),
-        num_clients=n,
-        num_byzantine=0,
-        byzantine_rows=torch.zeros(0, dtype=torch.long),
-        sample_counts=torch.ones(n),
-        client_ids=torch.arange(n),
-        defense_generator=torch.Generator().manual_seed(1),
-        server_update=lambda: torch.randn(d, generator=torch.Generator().manual_seed(2)),
-    )
-
-
 def run(quick: bool = False) -> list[dict]:
     rows = []
     for n, d in SHAPES[:2] if quick else SHAPES:
@@ -147,7 +130,7 @@ def run(quick: bool = False) -> list[dict]:
         for name, spec in rules(n, f).items():
             if "cfg" in spec:
                 rule = build_defense(spec["cfg"])
-                rule.prepare(context(n, d))
+                rule.prepare(round_context(n, d))
                 fn = rule
             else:
                 fn = spec["fn"]

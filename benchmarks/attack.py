@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 
 from attacks.adaptive import Adaptive
-from benchmarks.common import median_time
+from benchmarks.common import median_time, round_context
 from defenses.base import build_defense
-from robustfl.context import RoundContext
 
 HONEST, BYZANTINE, D = 10, 4, 101_770
 CLIP_NNM = [{"name": "clipping", "c": 2.0}, {"name": "nnm", "f": BYZANTINE}]
@@ -35,20 +34,6 @@ DEFENSES = {
 }
 
 
-def context(defense, n: int, d: int) -> RoundContext:
-    return RoundContext(
-        round=0,
-        defense=defense,
-        global_params=torch.zeros(d),
-        generator=torch.Generator().manual_seed(0),
-        num_clients=n,
-        num_byzantine=BYZANTINE,
-        byzantine_rows=torch.arange(n - BYZANTINE, n),
-        sample_counts=torch.ones(n),
-        client_ids=torch.arange(n),
-    )
-
-
 def run(quick: bool = False) -> list[dict]:
     d = 10_000 if quick else D
     g = torch.Generator().manual_seed(0)
@@ -57,7 +42,7 @@ def run(quick: bool = False) -> list[dict]:
     rows = []
     for name, node in DEFENSES.items():
         defense = build_defense(node)
-        ctx = context(defense, HONEST + BYZANTINE, d)
+        ctx = round_context(HONEST + BYZANTINE, d, defense, BYZANTINE)
         times, gammas = {}, {}
         for project in (False, True):
             attack = Adaptive(shape="alie", search="line", project=project)

@@ -50,3 +50,23 @@ def matmul_gflops(device: str = "cpu", size: int = 2048) -> float:
     b = torch.randn(size, size, device=device)
     seconds = median_time(lambda: a @ b, repeat=5, warmup=2, device=device)
     return 2 * size**3 / seconds / 1e9
+
+
+def round_context(n: int, d: int, defense=None, num_byzantine: int = 0):
+    """A seeded round context for ``n`` clients of dimension ``d`` whose last
+    ``num_byzantine`` rows are Byzantine (what a defense's ``prepare`` and an attack read)."""
+    from robustfl.context import RoundContext
+
+    return RoundContext(
+        round=0,
+        defense=defense,
+        global_params=torch.zeros(d),
+        generator=torch.Generator().manual_seed(0),
+        num_clients=n,
+        num_byzantine=num_byzantine,
+        byzantine_rows=torch.arange(n - num_byzantine, n),
+        sample_counts=torch.ones(n),
+        client_ids=torch.arange(n),
+        defense_generator=torch.Generator().manual_seed(1),
+        server_update=lambda: torch.randn(d, generator=torch.Generator().manual_seed(2)),
+    )
