@@ -44,7 +44,8 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 # The published settings (docs/results.md). On 2 cores with the default MLP: bucketing_mimic
-# took 17 minutes, byzfl_heatmap (96 runs) about 75 minutes.
+# took 17 minutes; byzfl_heatmap's 96 runs took 2.4 hours of process time (about 75 minutes on
+# two joblib workers).
 reproduce: $(STAMP)
 	$(BIN)/robustfl -m experiment=bucketing_mimic hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/bucketing_mimic resume=true
 	$(BIN)/robustfl -m experiment=byzfl_heatmap hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/byzfl_heatmap resume=true

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from defenses.base import Defense
 from robustfl.errors import ConfigError
-from robustfl.linalg import finite_rows, zero_nonfinite
+from robustfl.linalg import zero_nonfinite
 
 
 def geometric_median(
@@ -36,7 +36,8 @@ def geometric_median(
     touch the ``d`` coordinates, whatever the number of iterations. When huge rows overflow
     the Gram matrix, the iterations run on the rows directly instead.
     """
-    finite = finite_rows(updates)
+    norms = torch.linalg.vector_norm(updates, dim=1)  # one pass: finiteness and the centering row
+    finite = torch.isfinite(norms)
     alpha = torch.ones(len(updates), dtype=updates.dtype, device=updates.device)
     if weights is not None:
         alpha = weights.to(updates.dtype).clone()
@@ -44,18 +45,23 @@ def geometric_median(
     if not bool((alpha > 0).any()):
         return torch.full_like(updates[0], torch.nan), 0
     points = zero_nonfinite(updates, finite)
-    on_gram = _weiszfeld_on_gram(points, alpha, nu, iterations, tol, init)
+    on_gram = _weiszfeld_on_gram(points, norms.where(finite, 0.0), alpha, nu, iterations, tol, init)
     if on_gram is not None:
         return on_gram
     return _weiszfeld_on_rows(points, alpha, nu, iterations, tol, init)
 
 
 def _weiszfeld_on_gram(
-    points: Tensor, alpha: Tensor, nu: float, iterations: int, tol: float, init: str
+    points: Tensor,
+    norms: Tensor,
+    alpha: Tensor,
+    nu: float,
+    iterations: int,
+    tol: float,
+    init: str,
 ) -> tuple[Tensor, int] | None:
-    """Smoothed Weiszfeld in the coefficients ``w`` of ``v = w @ points``; ``None`` when the
-    centered Gram matrix is not finite."""
-    norms = torch.linalg.vector_norm(points, dim=1)
+    """Smoothed Weiszfeld in the coefficients ``w`` of ``v = w @ points`` (``norms``: the rows'
+    norms); ``None`` when the centered Gram matrix is not finite."""
     usable = alpha > 0
     order = torch.sort(norms.masked_fill(~usable, torch.inf), stable=True).indices
     centered = points - points[order[(int(usable.sum()) - 1) // 2]]

@@ -404,7 +404,8 @@ def test_weiszfeld_on_the_gram_matrix_equals_weiszfeld_on_the_rows(init):
     points[7] += 50.0  # an outlier
     alpha = torch.rand(9, generator=g, dtype=torch.float64) + 0.5
     for iterations, nu in ((1, 0.1), (3, 0.1), (8, 1e-8), (500, 1e-8)):
-        fast, k_fast = _weiszfeld_on_gram(points, alpha, nu, iterations, 0.0, init)
+        norms = points.norm(dim=1)
+        fast, k_fast = _weiszfeld_on_gram(points, norms, alpha, nu, iterations, 0.0, init)
         slow, k_slow = _weiszfeld_on_rows(points, alpha, nu, iterations, 0.0, init)
         if iterations < 10:
             assert k_fast == k_slow == iterations
