@@ -223,17 +223,18 @@ class Adaptive(Attack):
         span = None
         if self.project and (defense.rotation_equivariant or head_size):
             span = in_span_coordinates(honest, mu, p, with_basis=head_size > 0)
-        coords = (honest, mu, p) if span is None else (span.honest, span.mu, span.p)
+        # The rows the candidates are built from: span coordinates or the rows themselves.
+        honest_c, mu_c, p_c = (honest, mu, p) if span is None else (span.honest, span.mu, span.p)
         matrix = torch.empty(
-            ctx.num_clients, coords[0].shape[1], dtype=coords[0].dtype, device=honest.device
+            ctx.num_clients, honest_c.shape[1], dtype=honest_c.dtype, device=honest.device
         )
         is_byz = torch.zeros(ctx.num_clients, dtype=torch.bool, device=honest.device)
         is_byz[ctx.byzantine_rows.to(honest.device)] = True
-        matrix[~is_byz] = coords[0]
+        matrix[~is_byz] = honest_c
 
         def aggregate_gap(candidate: Tensor) -> float:
             if span is None or head_size == 0:  # full rows, or all in the span
-                return float(torch.linalg.vector_norm(defense.simulate(candidate) - coords[1]))
+                return float(torch.linalg.vector_norm(defense.simulate(candidate) - mu_c))
             head, tail = copy.deepcopy(defense).split_equivariant()
             for stage in head:
                 candidate = stage(candidate)
@@ -241,7 +242,7 @@ class Adaptive(Attack):
             return float(torch.linalg.vector_norm(tail(lifted) - mu))
 
         def damage(gamma: float) -> float:
-            matrix[is_byz] = coords[1] + gamma * coords[2]
+            matrix[is_byz] = mu_c + gamma * p_c
             value = aggregate_gap(matrix)
             return value if math.isfinite(value) else math.inf
 
