@@ -18,7 +18,9 @@ __all__ = [
     "clip_rows",
     "clip_scales",
     "clipped_mean",
+    "column_median",
     "finite_rows",
+    "median_of_sorted",
     "pairwise_sq_distances",
     "row_norms",
     "sort_columns",
@@ -33,6 +35,9 @@ _NETWORK_BLOCK = 1 << 16  # columns
 # The network is memory-bound: a second thread paid off only from about 10^7 entries
 # ((14, 1e6): 56 -> 41 ms) and cost time at (14, 1e5) (4.2 -> 6.0 ms).
 _NETWORK_PARALLEL_MIN = 1 << 22
+# The median's selection works on transposed column blocks of about this many entries (1 MiB of
+# float32, inside the 1 MiB L2 cache); smaller blocks paid more Python overhead per block.
+_SELECT_BLOCK_ENTRIES = 1 << 18
 
 
 @cache
@@ -127,6 +132,54 @@ def sort_columns(updates: Tensor) -> Tensor:
         return torch.from_numpy(array)
     values = torch.nan_to_num(updates, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf)
     return values.sort(dim=0).values
+
+
+def median_of_sorted(ordered: Tensor) -> Tensor:
+    """The median ``(d,)`` of sorted columns ``ordered (n, d)``: the middle row, or the mean
+    of the two middle rows for even ``n``."""
+    n = len(ordered)
+    if n % 2:
+        return ordered[n // 2].clone()
+    return 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
+def _select_median(array: np.ndarray) -> np.ndarray:
+    """:func:`column_median` of ``array (n, d)`` by selection: each column block is copied
+    transposed (contiguous rows of ``n`` values) and partitioned at ``n // 2`` (numpy's
+    one-``kth`` partition is a vectorized quickselect; with two ``kth`` it takes a scalar path
+    five times slower); for even ``n`` the lower middle value is the largest of the lower part.
+    """
+    n, d = array.shape
+    middle = n // 2
+    out = np.empty(d, dtype=array.dtype)
+
+    def work(lo: int, hi: int) -> None:
+        block = np.ascontiguousarray(array[:, lo:hi].T)
+        block.partition(middle, axis=1)
+        if n % 2:
+            out[lo:hi] = block[:, middle]
+        else:  # max propagates NaN, as the sorted order puts NaN last; -inf + inf is NaN
+            with np.errstate(invalid="ignore"):
+                out[lo:hi] = 0.5 * (block[:, :middle].max(axis=1) + block[:, middle])
+
+    workers = max(1, torch.get_num_threads()) if array.size >= _PARALLEL_MIN else 1
+    block = max(16, _SELECT_BLOCK_ENTRIES // n)
+    _in_blocks(work, d, min(block, -(-d // workers)), workers)
+    return out
+
+
+def column_median(updates: Tensor) -> Tensor:
+    """Coordinate-wise median of ``updates (n, d)`` -> ``(d,)``; for even ``n`` the mean of the
+    two middle values. The same values as the middle of :func:`sort_columns` (NaN sorts last).
+
+    On the CPU above 24 rows by selection instead of a full sort (a quickselect per column on
+    transposed column blocks in parallel threads: at ``(1000, 9610)`` about half the time of
+    the sort); otherwise the middle of :func:`sort_columns`.
+    """
+    n = len(updates)
+    if updates.device.type == "cpu" and n > _NETWORK_MAX_ROWS:
+        return torch.from_numpy(_select_median(updates.detach().numpy()))
+    return median_of_sorted(sort_columns(updates).to(updates.device))
 
 
 def row_norms(updates: Tensor) -> Tensor:

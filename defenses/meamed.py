@@ -4,8 +4,7 @@ import torch
 from torch import Tensor
 
 from defenses.base import Defense
-from defenses.functional import sort_columns
-from defenses.median import median
+from defenses.functional import median_of_sorted, sort_columns
 from robustfl.errors import ConfigError
 
 
@@ -18,7 +17,7 @@ def meamed(updates: Tensor, f: int) -> Tensor:
     n = len(updates)
     keep = n - f
     ordered = sort_columns(updates).to(updates.device)
-    med = median(updates)
+    med = median_of_sorted(ordered)
     starts = f + 1  # windows [s, s + keep) for s = 0..f
     cost = torch.maximum(med - ordered[:starts], ordered[keep - 1 : keep - 1 + starts] - med)
     cost = torch.nan_to_num(cost, nan=torch.inf)  # a window reaching a NaN never wins

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from defenses.base import Defense
-from defenses.functional import sort_columns
+from defenses.functional import column_median
 
 
 def median(updates: Tensor) -> Tensor:
@@ -15,11 +15,7 @@ def median(updates: Tensor) -> Tensor:
     Non-finite entries sort to the ends (NaN as the largest), so up to ``ceil(n/2) - 1``
     non-finite rows leave the output finite and inside the range of the other rows.
     """
-    n = len(updates)
-    ordered = sort_columns(updates).to(updates.device)
-    if n % 2:
-        return ordered[n // 2].clone()
-    return 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+    return column_median(updates)
 
 
 class Median(Defense):

@@ -48,6 +48,10 @@ def pairwise_sq_distances(updates: Tensor) -> Tensor:
         order = torch.sort(norms.masked_fill(~finite, torch.inf), stable=True).indices
         x = x - x[order[(int(finite.sum()) - 1) // 2]]
     gram = x @ x.T
+    # The product is not exactly symmetric (blocked kernels round the two triangles
+    # differently); symmetrize, so that equal distances (a mutual nearest pair) tie exactly
+    # and rules break the tie by index instead of by rounding noise.
+    gram = 0.5 * (gram + gram.T)
     sq = gram.diagonal()
     dist = sq[:, None] + sq[None, :] - 2.0 * gram
     dist = torch.nan_to_num(dist, nan=torch.inf).clamp_(min=0.0)

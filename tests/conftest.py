@@ -8,6 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# The same examples on every run: a property test must not turn CI red by chance. Explore with
+# `pytest --hypothesis-profile=explore` (random examples, more of them).
+settings.register_profile("default", derandomize=True)
+settings.register_profile("explore", max_examples=500)
+settings.load_profile("default")
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("WANDB_ERROR_REPORTING", "false")

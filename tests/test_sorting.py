@@ -1,11 +1,11 @@
-"""Column sorting, the kernel of the coordinate-wise rules: the sorting network against the
-0-1 principle and against numpy's sort."""
+"""Column sorting and selection, the kernels of the coordinate-wise rules: the sorting network
+against the 0-1 principle, both against numpy's sort."""
 
 import numpy as np
 import pytest
 import torch
 
-from defenses.functional import sort_columns, sorting_network
+from defenses.functional import column_median, sort_columns, sorting_network
 
 
 def apply_network(pairs, columns: np.ndarray) -> np.ndarray:
@@ -70,3 +70,53 @@ def test_nan_sorts_last_whatever_the_path():
         assert torch.isnan(out[-1, 3]) and torch.isfinite(out[:-1, 3]).all()
         assert torch.isposinf(out[-1, 7])
         assert torch.isnan(out).sum() == 1
+
+
+def sorted_middle(values: np.ndarray) -> np.ndarray:
+    """The median by definition: the middle of the sorted column (mean of two for even n)."""
+    ordered = np.sort(values, axis=0)
+    n = len(values)
+    if n % 2:
+        return ordered[n // 2]
+    with np.errstate(invalid="ignore"):  # -inf + inf
+        return 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
+@pytest.mark.parametrize("n", [2, 3, 24, 25, 26, 51, 100, 257, 1000])
+def test_column_median_equals_the_middle_of_the_sort(n):
+    """Both paths (network up to 24 rows, selection above), odd and even n, with ties,
+    infinities and NaN (NaN sorts last, so a column more than half NaN has a NaN median)."""
+    rng = np.random.default_rng(n)
+    values = rng.integers(-3, 4, size=(n, 700)).astype(np.float32)
+    values[rng.random(values.shape) < 0.02] = np.inf
+    values[rng.random(values.shape) < 0.02] = -np.inf
+    values[rng.random(values.shape) < 0.02] = np.nan
+    values[: (n + 1) // 2, 0] = np.nan  # NaN at the middle
+    values[:, 1] = np.nan
+    values[: n // 2, 2] = -np.inf  # -inf and +inf meet in the middle: NaN for even n
+    values[n // 2 :, 2] = np.inf
+    np.testing.assert_array_equal(
+        column_median(torch.from_numpy(values)).numpy(), sorted_middle(values)
+    )
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_column_median_in_parallel_blocks(threads):
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        values = torch.randn(1000, 3001)  # above the parallel threshold, 12 column blocks
+        values[::7, ::5] = 1.0  # ties across blocks
+        np.testing.assert_array_equal(column_median(values).numpy(), sorted_middle(values.numpy()))
+        odd = values[:999]
+        np.testing.assert_array_equal(column_median(odd).numpy(), sorted_middle(odd.numpy()))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_column_median_of_a_non_contiguous_float64_view():
+    values = torch.randn(60, 80, dtype=torch.float64)
+    view = values[::2, 1::3]
+    out = column_median(view)
+    assert out.dtype == torch.float64
+    np.testing.assert_array_equal(out.numpy(), sorted_middle(view.numpy()))

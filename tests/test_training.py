@@ -36,6 +36,7 @@ def logreg_model(**kwargs):
         (mlp, 0.9, 1e-3, 4, 0.0),
         (mlp, 0.9, 1e-3, 0, 0.9),  # ByzFL's moving-average momentum
         (deep_mlp, 0.0, 1e-2, 0, 0.0),
+        (deep_mlp, 0.0, 1e-2, 4, 0.0),  # weight decay as baddbmm's beta; a short last chunk
         (logreg_model, 0.5, 0.0, 3, 0.0),
         (cnn, 0.5, 0.0, 0, 0.0),  # the vmap(grad) path
         (cnn, 0.5, 1e-3, 0, 0.3),
@@ -79,6 +80,32 @@ def test_engine_equals_per_client_loop(builder, momentum, weight_decay, chunk, d
         if momentum:
             torch.testing.assert_close(buf_engine, buf_loop, rtol=1e-4, atol=1e-6)
         theta = theta + fast.mean(0)
+
+
+def test_automatic_chunks_hold_a_cache_sized_weight_set(monkeypatch):
+    """With ``chunk_size=0`` the CPU MLP path trains chunks with about 4 MiB of weights; the
+    updates do not depend on the chunking."""
+    import robustfl.training as training
+
+    assert training.cache_chunk_size(9610) == (4 << 20) // (9610 * 4) == 109
+    assert training.cache_chunk_size(10**7) == 1
+    data = make_data()
+    model = init_model(mlp, (1, 8, 8), 10, seed=1)
+    layout = ParamLayout.of(model)
+    theta = layout.flatten(model)
+    batches = sample_batch_indices(data, torch.arange(6), 3, 8, torch.Generator().manual_seed(0))
+    whole = LocalTrainer(model, layout, lr=0.1, chunk_size=6).train(theta, data.x, data.y, batches)
+    calls = []
+    original = training.LocalTrainer._train_chunk
+    monkeypatch.setattr(training, "_CHUNK_WEIGHT_BYTES", layout.d * 4 * 4)  # 4 clients
+    monkeypatch.setattr(
+        training.LocalTrainer,
+        "_train_chunk",
+        lambda self, g, x, y, b, *rest: calls.append(len(b)) or original(self, g, x, y, b, *rest),
+    )
+    chunked = LocalTrainer(model, layout, lr=0.1).train(theta, data.x, data.y, batches)
+    assert calls == [4, 2]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
 
 
 def test_batches_stay_within_each_client_and_cover_it_without_replacement():
