@@ -9,8 +9,15 @@ import torch
 from torch import Tensor
 
 from defenses.base import Defense
-from defenses.functional import clipped_mean
+from defenses.functional import clipped_sum
 from robustfl.errors import ConfigError
+
+# Rows per block: about 4 MiB, so that each block's differences stay in the cache between
+# forming them, taking their norms and summing them; blocks only pay off for matrices larger
+# than the cache and rows small enough for several per block (see rows_per_block).
+_BLOCK_BYTES = 4 << 20
+_BLOCK_ABOVE_BYTES = 16 << 20
+_BLOCK_MIN_ROWS = 8
 
 
 def centered_clipping(
@@ -18,16 +25,41 @@ def centered_clipping(
 ) -> Tensor:
     """``v <- v + mean_i clip(u_i - v, tau)`` repeated ``iterations`` times from ``v = center``.
 
-    ``clip(z, tau) = z * min(1, tau / ||z||)``. A non-finite row contributes zero (its
-    difference has no defined direction), so it cannot move the output. Each iteration forms
-    the differences once (into ``workspace``, an optional ``(n, d)`` buffer reused across
-    calls) and averages the clipped ones as one matrix-vector product.
+    ``clip(z, tau) = z * min(1, tau / ||z||)``; ``updates (n, d)``, ``center (d,)`` -> ``(d,)``.
+    A non-finite row contributes zero (its difference has no defined direction), so it cannot
+    move the output. On the CPU each iteration goes through the rows in blocks of about 4 MiB:
+    a block's differences (in ``workspace``, an optional buffer of at least that many rows,
+    reused across calls) are formed, measured and summed while they are in the cache, so the
+    updates are read from memory once per iteration, as a per-client loop reads them, with a
+    few calls per block instead of per row. (Forming all ``n`` differences first made three
+    passes over memory: 1.1x the per-client loop from ``d = 1e5``.)
     """
+    n = len(updates)
+    rows = rows_per_block(updates)
     v = center
     for _ in range(iterations):
-        diff = torch.sub(updates, v, out=workspace) if workspace is not None else updates - v
-        v = v + clipped_mean(diff, tau)
+        total = torch.zeros_like(v)
+        for lo in range(0, n, rows):
+            block = updates[lo : lo + rows]
+            out = workspace[: len(block)] if workspace is not None else None
+            total += clipped_sum(torch.sub(block, v, out=out), tau)
+        v = v + total / n
     return v
+
+
+def rows_per_block(updates: Tensor) -> int:
+    """Rows of ``updates (n, d)`` per block of :func:`centered_clipping`: on the CPU, about
+    4 MiB of rows when the matrix exceeds 16 MiB and such a block holds at least 8 rows;
+    otherwise all of them (one block). Measured against no blocks and the per-client loop:
+    (200, 1e5) 14 against 20 and 23 ms, (50, 1e5) 3.5 against 3.7 and 7.2 ms; with rows of
+    4 MB, (50, 1e6), blocks of 1 to 4 rows took 61 ms against 46 (all at once) and 48 (loop);
+    a GPU wants one large kernel anyway."""
+    n = len(updates)
+    row_bytes = updates[0].numel() * updates.element_size()
+    rows = _BLOCK_BYTES // max(1, row_bytes)
+    if updates.device.type != "cpu" or n * row_bytes <= _BLOCK_ABOVE_BYTES:
+        return n
+    return min(n, rows) if rows >= _BLOCK_MIN_ROWS else n
 
 
 class CenteredClipping(Defense):
@@ -52,8 +84,9 @@ class CenteredClipping(Defense):
 
     def __call__(self, updates: Tensor) -> Tensor:
         center = self.center if self.center is not None else torch.zeros_like(updates[0])
-        if self._workspace is None or self._workspace.shape != updates.shape:
-            self._workspace = torch.empty_like(updates)  # reused: no page faults per round
+        shape = (rows_per_block(updates), *updates.shape[1:])
+        if self._workspace is None or self._workspace.shape != shape:
+            self._workspace = updates.new_empty(shape)  # reused: no page faults per round
         out = centered_clipping(updates, center, self.tau, self.iterations, self._workspace)
         self.center = out.detach().clone()
         return out

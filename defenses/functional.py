@@ -18,6 +18,7 @@ __all__ = [
     "clip_rows",
     "clip_scales",
     "clipped_mean",
+    "clipped_sum",
     "column_median",
     "finite_rows",
     "median_of_sorted",
@@ -203,9 +204,14 @@ def clip_rows(updates: Tensor, threshold: Tensor | float) -> Tensor:
     return zero_nonfinite(updates, torch.isfinite(norms)) * scale[:, None]
 
 
-def clipped_mean(updates: Tensor, threshold: Tensor | float) -> Tensor:
-    """``mean_i clip(u_i, threshold)`` as one matrix-vector product, without materializing
+def clipped_sum(updates: Tensor, threshold: Tensor | float) -> Tensor:
+    """``sum_i clip(u_i, threshold)`` as one matrix-vector product, without materializing
     the clipped rows: ``(n, d) -> (d,)``. Non-finite rows contribute zero."""
     norms = torch.linalg.vector_norm(updates, dim=1)
     scale = clip_scales(norms, threshold)
-    return (scale @ zero_nonfinite(updates, torch.isfinite(norms))) / len(updates)
+    return scale @ zero_nonfinite(updates, torch.isfinite(norms))
+
+
+def clipped_mean(updates: Tensor, threshold: Tensor | float) -> Tensor:
+    """``mean_i clip(u_i, threshold)``: ``(n, d) -> (d,)`` (see :func:`clipped_sum`)."""
+    return clipped_sum(updates, threshold) / len(updates)

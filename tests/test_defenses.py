@@ -74,6 +74,49 @@ def test_centered_clipping_hand_example_and_state():
     assert rule.center is None
 
 
+def per_row_centered_clipping(rows, center, tau, iterations):
+    """The definition row by row, in float64: v <- v + mean_i (u_i - v) min(1, tau/||u_i - v||),
+    a non-finite row contributing zero."""
+    v = center.double()
+    for _ in range(iterations):
+        total = torch.zeros_like(v)
+        for row in rows.double():
+            diff = row - v
+            norm = float(diff.norm())
+            if np.isfinite(norm):
+                total += diff * min(1.0, tau / norm) if norm > 0 else diff
+        v = v + total / len(rows)
+    return v
+
+
+@pytest.mark.parametrize("block_rows", [1, 3, 10])
+def test_centered_clipping_in_row_blocks_equals_the_definition(monkeypatch, block_rows):
+    """Blocks of rows (the CPU path: a block's differences stay in the cache) give the
+    definition's value for any block size, with a non-finite row and several iterations."""
+    import defenses.centered_clipping as cc
+
+    rows = random_rows(3, 10, 7, spread=2.0)
+    rows[4, 2] = torch.inf
+    center = random_rows(4, 1, 7)[0]
+    monkeypatch.setattr(cc, "_BLOCK_BYTES", block_rows * 7 * 4)
+    monkeypatch.setattr(cc, "_BLOCK_ABOVE_BYTES", 0)
+    monkeypatch.setattr(cc, "_BLOCK_MIN_ROWS", 1)
+    rule = CenteredClipping(tau=1.5, iterations=3)
+    rule.center = center.clone()
+    out = rule(rows)
+    assert rule._workspace.shape == (block_rows, 7)
+    expected = per_row_centered_clipping(rows, center, 1.5, 3)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_centered_clipping_blocks_only_large_matrices_of_small_rows():
+    from defenses.centered_clipping import rows_per_block
+
+    assert rows_per_block(torch.empty(200, 10**5)) == (4 << 20) // (4 * 10**5) == 10
+    assert rows_per_block(torch.empty(50, 10**6)) == 50  # rows of 4 MB: one block
+    assert rows_per_block(torch.empty(14, 10**5)) == 14  # 5.6 MB: in the cache anyway
+
+
 def test_norm_bound_clips_then_averages():
     out = NormBound(M=1.0)(t([[3, 4], [0, 0.5]]))
     torch.testing.assert_close(out, t([0.3, 0.65]))

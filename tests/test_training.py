@@ -83,12 +83,13 @@ def test_engine_equals_per_client_loop(builder, momentum, weight_decay, chunk, d
 
 
 def test_automatic_chunks_hold_a_cache_sized_weight_set(monkeypatch):
-    """With ``chunk_size=0`` the CPU MLP path trains chunks with about 4 MiB of weights; the
-    updates do not depend on the chunking."""
+    """With ``chunk_size=0`` the CPU MLP path trains equal chunks of about 4 MiB of weights
+    once all clients' weights exceed 16 MiB; the updates do not depend on the chunking."""
     import robustfl.training as training
 
-    assert training.cache_chunk_size(9610) == (4 << 20) // (9610 * 4) == 109
-    assert training.cache_chunk_size(10**7) == 1
+    assert training.cache_chunk_size(1000, 9610) == 100  # 38.4 MB: 10 chunks
+    assert training.cache_chunk_size(14, 101_770) == 14  # 5.7 MB: one
+    assert training.cache_chunk_size(3, 10**7) == 1
     data = make_data()
     model = init_model(mlp, (1, 8, 8), 10, seed=1)
     layout = ParamLayout.of(model)
@@ -97,14 +98,15 @@ def test_automatic_chunks_hold_a_cache_sized_weight_set(monkeypatch):
     whole = LocalTrainer(model, layout, lr=0.1, chunk_size=6).train(theta, data.x, data.y, batches)
     calls = []
     original = training.LocalTrainer._train_chunk
-    monkeypatch.setattr(training, "_CHUNK_WEIGHT_BYTES", layout.d * 4 * 4)  # 4 clients
+    monkeypatch.setattr(training, "_CHUNK_ABOVE_BYTES", 0)
+    monkeypatch.setattr(training, "_CHUNK_WEIGHT_BYTES", layout.d * 4 * 2)  # 3 chunks of 2
     monkeypatch.setattr(
         training.LocalTrainer,
         "_train_chunk",
         lambda self, g, x, y, b, *rest: calls.append(len(b)) or original(self, g, x, y, b, *rest),
     )
     chunked = LocalTrainer(model, layout, lr=0.1).train(theta, data.x, data.y, batches)
-    assert calls == [4, 2]
+    assert calls == [2, 2, 2]
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
 
 
