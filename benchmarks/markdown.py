@@ -14,6 +14,11 @@ def _ms(value: float) -> str:
     return f"{value:.1f} ms" if value >= 1 else f"{value:.2f} ms"
 
 
+def _rate(row: dict) -> str:
+    rate = row.get("matmul_gflops")  # absent in results.json files from before it was kept
+    return f" ({rate:.0f} GFLOP/s)" if rate else ""
+
+
 def simulation(rows: list[dict]) -> str:
     lines = [
         "| workload | engine | loop | speed-up | of which median | client updates/s "
@@ -24,7 +29,8 @@ def simulation(rows: list[dict]) -> str:
         lines.append(
             f"| {r['workload']} | {_ms(r['engine_ms'])} | {_ms(r['loop_ms'])} | "
             f"{r['speedup']:.1f}x | {_ms(r['median_ms'])} | {r['updates_per_s']:,.0f} | "
-            f"{_ms(r['compute_floor_ms'])} | {r['x_floor']:.1f} | {r['peak_rss_mib']:.0f} MiB |"
+            f"{_ms(r['compute_floor_ms'])}{_rate(r)} | {r['x_floor']:.1f} | "
+            f"{r['peak_rss_mib']:.0f} MiB |"
         )
     return "\n".join(lines)
 
