@@ -131,8 +131,8 @@ def validate(cfg: DictConfig) -> None:
         _require(fl[key] >= 0, f"fl.{key}={fl[key]} is invalid: it must be >= 0.")
     _require(
         fl.chunk_size >= 0,
-        f"fl.chunk_size={fl.chunk_size} is invalid: use 0 (all clients "
-        "at once) or a positive number of clients per chunk.",
+        f"fl.chunk_size={fl.chunk_size} is invalid: use 0 (automatic: all clients at once, "
+        "or cache-sized chunks for an MLP on the CPU) or a positive number of clients per chunk.",
     )
     _require(
         cfg.threads >= 0, f"threads={cfg.threads} is invalid: use 0 (torch's default) or >= 1."
