@@ -82,12 +82,19 @@ def sorted_middle(values: np.ndarray) -> np.ndarray:
         return 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
 
 
-@pytest.mark.parametrize("n", [2, 3, 24, 25, 26, 51, 100, 257, 1000])
-def test_column_median_equals_the_middle_of_the_sort(n):
-    """Both paths (network up to 24 rows, selection above), odd and even n, with ties,
-    infinities and NaN (NaN sorts last, so a column more than half NaN has a NaN median)."""
+@pytest.mark.parametrize(
+    ("n", "d"),
+    [
+        *[(n, 700) for n in (2, 3, 24, 25, 26, 51, 100, 257, 1000)],
+        *[(51, 20_600), (1000, 1100), (1001, 1100)],  # >= 2^20 entries: transposed blocks
+    ],
+)
+def test_column_median_equals_the_middle_of_the_sort(n, d):
+    """Every path (network up to 24 rows; selection above, on the whole matrix or in
+    transposed column blocks from 2^20 entries), odd and even n, with ties, infinities and
+    NaN (NaN sorts last, so a column more than half NaN has a NaN median)."""
     rng = np.random.default_rng(n)
-    values = rng.integers(-3, 4, size=(n, 700)).astype(np.float32)
+    values = rng.integers(-3, 4, size=(n, d)).astype(np.float32)
     values[rng.random(values.shape) < 0.02] = np.inf
     values[rng.random(values.shape) < 0.02] = -np.inf
     values[rng.random(values.shape) < 0.02] = np.nan
