@@ -1,6 +1,7 @@
 """``make bench`` / ``python -m benchmarks.run [--quick] [--device cuda] [--only NAME]``.
 
-Prints tables and writes ``benchmarks/results.json``. Every figure is a median over
+Prints tables and writes ``benchmarks/results.json`` (with ``--only``, replacing that section
+of an existing file and keeping the others). Every figure is a median over
 repetitions after warm-up; every comparison is against a baseline measured in the same run.
 Nothing is asserted about absolute time.
 """
@@ -85,7 +86,10 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args()
-    results: dict = {"machine": machine(args.device)}
+    results: dict = {}
+    if args.only and args.out.exists():  # keep the other sections of an earlier full run
+        results = json.loads(args.out.read_text())
+    results["machine"] = machine(args.device)
     print(f"machine: {results['machine']}")
     if args.only in (None, "simulation"):
         results["simulation"] = simulation.run(args.device, args.quick)

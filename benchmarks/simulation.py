@@ -61,7 +61,7 @@ def measure(name: str, clients: int, data: str, device: str, peak_gflops: float)
             train_clients_loop(model, layout, theta, client_data.x, client_data.y, batches, lr=0.05)
         )
 
-    engine = median_time(engine_round, repeat=7, warmup=2, device=device)
+    engine = median_time(engine_round, repeat=15, warmup=2, device=device)
     loop = median_time(loop_round, repeat=3, warmup=1, device=device)
     aggregate = median_time(lambda: median(out), repeat=7, device=device)
     floor = mlp_flops_per_round(clients) / (peak_gflops * 1e9)
