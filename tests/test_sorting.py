@@ -50,15 +50,18 @@ def test_sort_columns_equals_numpy_with_ties_and_infinities(n):
     np.testing.assert_array_equal(out.numpy(), np.sort(values, axis=0))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_sort_columns_in_parallel_blocks(threads):
+@pytest.fixture(params=[1, 2])
+def threads(request):
+    """Run the test with 1 and with 2 torch threads (the kernels split work across them)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        values = torch.randn(14, 300_001)  # above the parallel threshold, 5 network blocks
-        np.testing.assert_array_equal(sort_columns(values).numpy(), np.sort(values.numpy(), axis=0))
-    finally:
-        torch.set_num_threads(before)
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_sort_columns_in_parallel_blocks(threads):
+    values = torch.randn(14, 300_001)  # above the parallel threshold, 5 network blocks
+    np.testing.assert_array_equal(sort_columns(values).numpy(), np.sort(values.numpy(), axis=0))
 
 
 def test_nan_sorts_last_whatever_the_path():
@@ -107,18 +110,12 @@ def test_column_median_equals_the_middle_of_the_sort(n, d):
     )
 
 
-@pytest.mark.parametrize("threads", [1, 2])
 def test_column_median_in_parallel_blocks(threads):
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        values = torch.randn(1000, 3001)  # above the parallel threshold, 12 column blocks
-        values[::7, ::5] = 1.0  # ties across blocks
-        np.testing.assert_array_equal(column_median(values).numpy(), sorted_middle(values.numpy()))
-        odd = values[:999]
-        np.testing.assert_array_equal(column_median(odd).numpy(), sorted_middle(odd.numpy()))
-    finally:
-        torch.set_num_threads(before)
+    values = torch.randn(1000, 3001)  # above the parallel threshold, 12 column blocks
+    values[::7, ::5] = 1.0  # ties across blocks
+    np.testing.assert_array_equal(column_median(values).numpy(), sorted_middle(values.numpy()))
+    odd = values[:999]
+    np.testing.assert_array_equal(column_median(odd).numpy(), sorted_middle(odd.numpy()))
 
 
 def test_column_median_of_a_non_contiguous_float64_view():
