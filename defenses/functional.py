@@ -36,7 +36,7 @@ _NETWORK_BLOCK = 1 << 16  # columns
 # ((14, 1e6): 56 -> 41 ms) and cost time at (14, 1e5) (4.2 -> 6.0 ms).
 _NETWORK_PARALLEL_MIN = 1 << 22
 # The median's selection works on transposed column blocks of about this many entries (1 MiB of
-# float32): the best of 2^16 to 2^19 at (1000, 9610) and (200, 1e5); smaller blocks paid more
+# float32): best or tied among 2^16 to 2^19 at (1000, 9610) and (200, 1e5); smaller blocks paid more
 # Python overhead per block.
 _SELECT_BLOCK_ENTRIES = 1 << 18
 

@@ -240,7 +240,7 @@ def cache_chunk_size(num: int, d: int, element_size: int = 4) -> int:
     step streams the whole ``(num, d)`` weight set through memory three times, and memory is
     what limits the step at 1,000 clients; a chunk that stays in the cache runs all its steps
     from there. At 1,000 clients of a 64-128-10 MLP (d = 9,610; 10 chunks of 100): 102 -> 65
-    ms per round's training (chunks of 32 to 200 tried, best 100 to 125). Below 16 MiB the
+    ms per round's training (chunks of 32 to 200 tried, best 100 to 143). Below 16 MiB the
     set stays in the cache anyway and chunks only add calls: 14 clients of d = 101,770 (5.7
     MiB, one step per round) ran 20 % slower in two chunks.
     """
