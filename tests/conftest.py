@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import settings
 
 # The same examples on every run: a property test must not turn CI red by chance. Explore with
@@ -21,6 +22,12 @@ os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(autouse=True)
+def _seed_torch() -> None:
+    """Each test starts from the same global torch random state, whatever ran before it."""
+    torch.manual_seed(0)
 
 
 @pytest.fixture
