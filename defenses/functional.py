@@ -20,6 +20,7 @@ __all__ = [
     "clipped_mean",
     "column_median",
     "finite_rows",
+    "in_column_blocks",
     "median_of_sorted",
     "pairwise_sq_distances",
     "row_norms",
@@ -27,7 +28,7 @@ __all__ = [
 ]
 
 
-_PARALLEL_MIN = 1 << 20  # entries; below this, threads cost more than they save
+PARALLEL_MIN = 1 << 20  # entries; below this, threads cost more than they save
 # Up to this many rows a sorting network over whole rows beats numpy's per-column sort (about
 # 2x at n = 8 to 20, even at n = 24; equal at n = 32), in column blocks that stay in cache.
 _NETWORK_MAX_ROWS = 24
@@ -79,9 +80,9 @@ def _network_sort(source: np.ndarray, out: np.ndarray) -> None:
         out[k] = row
 
 
-def _in_blocks(work, columns: int, block: int, workers: int) -> None:
-    """``work(lo, hi)`` over column blocks of at most ``block``, on ``workers`` threads when
-    there is enough work (numpy's kernels release the GIL)."""
+def in_column_blocks(work, columns: int, block: int, workers: int) -> None:
+    """``work(lo, hi)`` over column blocks ``[lo, hi)`` of at most ``block`` of ``columns``, on
+    ``workers`` threads when there is more than one block (numpy's kernels release the GIL)."""
     spans = list(pairwise([*range(0, columns, block), columns]))
     if workers == 1 or len(spans) == 1:
         for lo, hi in spans:
@@ -95,11 +96,11 @@ def _sort_in_place(array: np.ndarray) -> None:
     """Sort ``array`` along axis 0 in place, in column blocks on ``torch.get_num_threads()``
     threads (numpy's sort releases the GIL)."""
     workers = max(1, torch.get_num_threads())
-    if workers == 1 or array.size < _PARALLEL_MIN:
+    if workers == 1 or array.size < PARALLEL_MIN:
         array.sort(axis=0)
         return
     block = -(-array.shape[1] // workers)
-    _in_blocks(lambda lo, hi: array[:, lo:hi].sort(axis=0), array.shape[1], block, workers)
+    in_column_blocks(lambda lo, hi: array[:, lo:hi].sort(axis=0), array.shape[1], block, workers)
 
 
 def sort_columns(updates: Tensor) -> Tensor:
@@ -124,7 +125,7 @@ def sort_columns(updates: Tensor) -> Tensor:
             out = np.empty_like(array)
             workers = max(1, torch.get_num_threads()) if array.size >= _NETWORK_PARALLEL_MIN else 1
             block = min(_NETWORK_BLOCK, -(-d // workers))
-            _in_blocks(
+            in_column_blocks(
                 lambda lo, hi: _network_sort(array[:, lo:hi], out[:, lo:hi]), d, block, workers
             )
             return torch.from_numpy(out)
@@ -165,7 +166,7 @@ def _select_median(array: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore"):  # -inf + inf is NaN; max propagates NaN, as
             return 0.5 * (lower + upper)  # the sorted order puts NaN last
 
-    if array.size < _PARALLEL_MIN:
+    if array.size < PARALLEL_MIN:
         return middle_of(np.partition(array, middle, axis=0), axis=0)
     out = np.empty(d, dtype=array.dtype)
 
@@ -176,7 +177,7 @@ def _select_median(array: np.ndarray) -> np.ndarray:
 
     workers = max(1, torch.get_num_threads())
     block = max(16, _SELECT_BLOCK_ENTRIES // n)
-    _in_blocks(work, d, min(block, -(-d // workers)), workers)
+    in_column_blocks(work, d, min(block, -(-d // workers)), workers)
     return out
 
 

@@ -196,6 +196,63 @@ def test_krum_multikrum_bulyan_nnm_match_loop_references(seed):
     )
 
 
+def closest_window_by_definition(column: list[float], beta: int) -> float:
+    """Bulyan's second step for one coordinate, from its definition: the window of ``beta``
+    sorted values whose larger distance to the median is smallest (NaN costs last, ties to
+    the lower start), averaged."""
+    nan = float("nan")
+    ordered = sorted(column, key=lambda v: (math.isnan(v), v))
+    t = len(ordered)
+    med = ordered[t // 2] if t % 2 else 0.5 * (ordered[t // 2 - 1] + ordered[t // 2])
+
+    def cost(s: int) -> tuple[bool, float]:
+        below, above = med - ordered[s], ordered[s + beta - 1] - med
+        c = nan if math.isnan(below) or math.isnan(above) else max(below, above)
+        return (math.isnan(c), 0.0 if math.isnan(c) else c)
+
+    best = min(range(t - beta + 1), key=lambda s: (cost(s), s))
+    with np.errstate(invalid="ignore"):  # inf + -inf
+        return float(np.mean(ordered[best : best + beta]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bulyan_window_search_numpy_and_torch_equal_the_definition(seed):
+    """Small integers (many ties, exact sums) with +-inf and NaN: the CPU (numpy) and the
+    other-device (torch, run here on the CPU) window searches agree exactly, and with the
+    definition per coordinate."""
+    from defenses.bulyan import _window_mean_numpy, _window_mean_torch
+    from defenses.functional import sort_columns
+
+    rng = np.random.default_rng(seed)
+    for t in (1, 2, 5, 8, 13):
+        for beta in {1, (t + 1) // 2, t}:
+            values = rng.integers(-2, 3, (t, 40)).astype(np.float32)
+            specials = rng.random((t, 40)) < (0.0 if seed == 0 else 0.2)
+            values[specials] = rng.choice(np.float32([np.inf, -np.inf, np.nan]), specials.sum())
+            ordered = sort_columns(torch.from_numpy(values))
+            fast = _window_mean_numpy(ordered.numpy(), beta)
+            np.testing.assert_array_equal(fast, _window_mean_torch(ordered, beta).numpy())
+            want = [closest_window_by_definition(values[:, j].tolist(), beta) for j in range(40)]
+            np.testing.assert_allclose(fast, np.float32(want), rtol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_bulyan_window_search_in_column_blocks(monkeypatch, workers):
+    import defenses.bulyan as module
+    from defenses.bulyan import closest_to_median_mean
+
+    values = torch.randn(11, 1000, generator=torch.Generator().manual_seed(0))
+    whole = closest_to_median_mean(values, 5)
+    monkeypatch.setattr(module, "_WINDOW_BLOCK", 64)  # 16 blocks
+    monkeypatch.setattr(module, "PARALLEL_MIN", 0)
+    before = torch.get_num_threads()
+    torch.set_num_threads(workers)
+    try:
+        np.testing.assert_array_equal(closest_to_median_mean(values, 5).numpy(), whole.numpy())
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_krum_is_right_where_the_plain_gram_trick_cancels():
     """Rows 10 + 1e-3 * noise (late training): float32 Gram distances without centering pick the
     wrong row; ours must match a float64 computation."""
