@@ -40,7 +40,6 @@ def pairwise_sq_distances(updates: Tensor) -> Tensor:
     non-finite entry, or so large that their norm overflows, are at distance ``+inf`` from
     every other row; the diagonal is 0.
     """
-    n = len(updates)
     norms = torch.linalg.vector_norm(updates, dim=1)
     finite = torch.isfinite(norms)
     x = zero_nonfinite(updates, finite)
@@ -55,12 +54,10 @@ def pairwise_sq_distances(updates: Tensor) -> Tensor:
     sq = gram.diagonal()
     dist = sq[:, None] + sq[None, :] - 2.0 * gram
     dist = torch.nan_to_num(dist, nan=torch.inf).clamp_(min=0.0)
-    bad = ~finite | ~torch.isfinite(sq)
-    dist[bad, :] = torch.inf
-    dist[:, bad] = torch.inf
-    idx = torch.arange(n, device=updates.device)
-    dist[idx, idx] = 0.0
-    return dist
+    good = finite & torch.isfinite(sq)
+    if not bool(good.all()):  # one fill instead of indexing: (n, n) ops cost microseconds each
+        dist.masked_fill_(~(good[:, None] & good[None, :]), torch.inf)
+    return dist.fill_diagonal_(0.0)
 
 
 def krum_scores(distances: Tensor, neighbors: int) -> Tensor:
