@@ -1,5 +1,6 @@
 """Every aggregation rule against simple references for the same definition and against the
-bandwidth floor (copying the (n, d) matrix into an existing buffer), in the same run."""
+bandwidth floor (copying the (n, d) matrix into an existing buffer), in the same run: each
+rule and its references take turns, one call each per repetition."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import scipy.stats
 import torch
 
-from benchmarks.common import median_time, round_context
+from benchmarks.common import interleaved_median_times, median_time, round_context
 from defenses.base import build_defense
 from defenses.bucketing import bucketing
 from defenses.clipping import clipping
@@ -17,6 +18,7 @@ from robustfl.linalg import krum_scores
 # The issue's four shapes, and (14, 1e5): the ByzFL heatmap's 10 + 4 clients of an MLP.
 SHAPES = [(50, 10_000), (50, 100_000), (50, 1_000_000), (200, 100_000), (14, 100_000)]
 F_SHARE = 0.2  # f = 20% of n
+OURS = "\0ours"  # the rule's own key among its references' in one interleaved measurement
 
 
 def cdist_krum(x: torch.Tensor, f: int) -> torch.Tensor:
@@ -143,11 +145,10 @@ def run(quick: bool = False) -> list[dict]:
                 fn = rule
             else:
                 fn = spec["fn"]
-            ours = median_time(lambda fn=fn, x=x: fn(x), repeat=repeat)
-            refs = {
-                ref: median_time(lambda r=r, x=x, a=a: r(x, a), repeat=repeat)
-                for ref, r in spec["refs"].items()
-            }
+            calls = {OURS: lambda fn=fn, x=x: fn(x)}
+            calls.update({ref: lambda r=r, x=x, a=a: r(x, a) for ref, r in spec["refs"].items()})
+            refs = interleaved_median_times(calls, repeat=repeat)
+            ours = refs.pop(OURS)
             best = min(refs.values()) if refs else None
             rows.append(
                 {

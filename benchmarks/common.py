@@ -39,6 +39,34 @@ def median_time(
     return statistics.median(times)
 
 
+def interleaved_median_times(
+    fns: dict[str, Callable[[], object]],
+    repeat: int = 5,
+    warmup: int = 1,
+    device: str = "cpu",
+    budget_s: float = 20.0,
+) -> dict[str, float]:
+    """Median wall time in seconds of each of ``fns``, measured in turns: every repetition
+    calls each function once, so a change in the machine's load during the measurement
+    weighs on all of them alike instead of on whichever ran in that minute (fewer
+    repetitions once a turn has taken ``budget_s`` per function in all)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            tic = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - tic)
+        if time.perf_counter() - start > budget_s * len(fns):
+            break
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def peak_rss_mib() -> float:
     """The process's peak resident memory so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
