@@ -39,17 +39,17 @@ def median_time(
     return statistics.median(times)
 
 
-def interleaved_median_times(
+def interleaved_times(
     fns: dict[str, Callable[[], object]],
     repeat: int = 5,
     warmup: int = 1,
     device: str = "cpu",
     budget_s: float = 20.0,
-) -> dict[str, float]:
-    """Median wall time in seconds of each of ``fns``, measured in turns: every repetition
-    calls each function once, so a change in the machine's load during the measurement
-    weighs on all of them alike instead of on whichever ran in that minute (fewer
-    repetitions once a turn has taken ``budget_s`` per function in all)."""
+) -> dict[str, list[float]]:
+    """Wall times in seconds of ``repeat`` calls of each of ``fns``, measured in turns: every
+    repetition calls each function once, so a change in the machine's load during the
+    measurement weighs on all of them alike instead of on whichever ran in that minute (fewer
+    repetitions once the turns have taken ``budget_s`` per function in all)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -64,6 +64,14 @@ def interleaved_median_times(
             times[name].append(time.perf_counter() - tic)
         if time.perf_counter() - start > budget_s * len(fns):
             break
+    return times
+
+
+def interleaved_median_times(
+    fns: dict[str, Callable[[], object]], repeat: int = 5, **kwargs
+) -> dict[str, float]:
+    """The median of each function's :func:`interleaved_times`."""
+    times = interleaved_times(fns, repeat, **kwargs)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -72,21 +80,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def matmul_gflops(device: str = "cpu", size: int = 2048, repeat: int = 9) -> float:
-    """Float32 GFLOP/s of this machine for compute floors: the *best* of ``repeat`` square
-    matmuls (a floor must not rise when a busy moment slows the reference)."""
+def square_matmul(device: str = "cpu", size: int = 2048) -> tuple[Callable[[], object], float]:
+    """A float32 ``size x size`` matrix product to time, and its FLOPs: the machine's rate
+    for compute floors (take the *best* time: a floor must not rise when a busy moment
+    slows the reference)."""
     a = torch.randn(size, size, device=device)
     b = torch.randn(size, size, device=device)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    best = float("inf")
-    for _ in range(repeat):
-        tic = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - tic)
-    return 2 * size**3 / best / 1e9
+    return (lambda: a @ b), 2.0 * size**3
 
 
 def round_context(n: int, d: int, defense=None, num_byzantine: int = 0):

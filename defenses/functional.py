@@ -4,6 +4,8 @@ clipping. All take an update matrix ``updates (n, d)``; none loops over clients 
 
 from __future__ import annotations
 
+import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 from itertools import pairwise
@@ -80,16 +82,49 @@ def _network_sort(source: np.ndarray, out: np.ndarray) -> None:
         out[k] = row
 
 
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_in_block = threading.local()  # set while a thread runs blocks of in_column_blocks
+# A forked child inherits the pools but not their threads: start new ones there.
+os.register_at_fork(after_in_child=_POOLS.clear)
+
+
 def in_column_blocks(work, columns: int, block: int, workers: int) -> None:
     """``work(lo, hi)`` over column blocks ``[lo, hi)`` of at most ``block`` of ``columns``, on
-    ``workers`` threads when there is more than one block (numpy's kernels release the GIL)."""
-    spans = list(pairwise([*range(0, columns, block), columns]))
-    if workers == 1 or len(spans) == 1:
+    ``workers`` threads when there is more than one block (numpy's kernels release the GIL).
+
+    The threads (the calling one among them) take the next block until none is left, from a
+    pool kept between calls: a fresh pool and one task per block cost about 1.2 ms per call
+    at (1000, 9610).
+    """
+    spans = iter(list(pairwise([*range(0, columns, block), columns])))
+    workers = min(workers, -(-columns // block))
+    if workers <= 1 or getattr(_in_block, "active", False):  # nested: the pool may be busy
         for lo, hi in spans:
             work(lo, hi)
         return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        list(pool.map(lambda span: work(*span), spans))
+    lock = threading.Lock()
+
+    def run() -> None:
+        _in_block.active = True
+        try:
+            while True:
+                with lock:
+                    span = next(spans, None)
+                if span is None:
+                    return
+                work(*span)
+        finally:
+            _in_block.active = False
+
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = _POOLS[workers] = ThreadPoolExecutor(workers - 1, "robustfl-columns")
+    others = [pool.submit(run) for _ in range(workers - 1)]
+    try:
+        run()
+    finally:
+        for future in others:
+            future.result()
 
 
 def _sort_in_place(array: np.ndarray) -> None:

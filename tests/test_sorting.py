@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from defenses.functional import column_median, sort_columns, sorting_network
+from defenses.functional import column_median, in_column_blocks, sort_columns, sorting_network
 
 
 def apply_network(pairs, columns: np.ndarray) -> np.ndarray:
@@ -124,3 +124,49 @@ def test_column_median_of_a_non_contiguous_float64_view():
     out = column_median(view)
     assert out.dtype == torch.float64
     np.testing.assert_array_equal(out.numpy(), sorted_middle(view.numpy()))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_column_blocks_cover_every_column_once(workers):
+    seen: list[tuple[int, int]] = []
+    in_column_blocks(lambda lo, hi: seen.append((lo, hi)), 1000, 64, workers)
+    assert sorted(seen) == [(lo, min(lo + 64, 1000)) for lo in range(0, 1000, 64)]
+
+
+def test_column_blocks_propagate_errors_and_run_nested_calls_in_place():
+    def failing(lo, hi):
+        if lo == 128:
+            raise ValueError("block 128")
+
+    with pytest.raises(ValueError, match="block 128"):
+        in_column_blocks(failing, 1000, 64, 2)
+    inner: list[int] = []
+
+    def nested(lo, hi):  # a pool thread waiting on its own pool would deadlock
+        in_column_blocks(lambda a, b: inner.append(b - a), hi - lo, 8, 2)
+
+    in_column_blocks(nested, 256, 64, 2)
+    assert sum(inner) == 256
+
+
+def test_column_blocks_work_in_a_forked_child():
+    """The pool is kept between calls; a forked child (a fork-based data loader or
+    multiprocessing pool) must get working threads of its own, not the parent's dead ones."""
+    import multiprocessing
+
+    in_column_blocks(lambda lo, hi: None, 1000, 64, 2)  # the parent's pool exists
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        result = pool.apply_async(_median_in_child)
+        np.testing.assert_array_equal(result.get(timeout=30), _median_in_child())
+
+
+def _median_in_child() -> np.ndarray:
+    values = np.arange(3000 * 400, dtype=np.float32).reshape(3000, 400) % 997
+    out = np.empty(400, dtype=np.float32)
+
+    def work(lo, hi):
+        out[lo:hi] = np.median(values[:, lo:hi], axis=0)
+
+    in_column_blocks(work, 400, 16, 2)  # two threads, whatever torch's thread count
+    return out
