@@ -7,10 +7,11 @@ from benchmarks.common import interleaved_median_times
 
 def test_interleaved_median_times_calls_each_function_in_turn():
     calls: list[str] = []
-    fns = {name: (lambda name=name: calls.append(name)) for name in ("ours", "ref")}
-    times = interleaved_median_times(fns, repeat=4, warmup=2)
-    assert calls == ["ours", "ours", "ref", "ref"] + ["ours", "ref"] * 4
-    assert set(times) == {"ours", "ref"}
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    times = interleaved_median_times(fns, repeat=3, warmup=2)
+    turns = ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # the order rotates
+    assert calls == ["a", "a", "b", "b", "c", "c", *turns]
+    assert set(times) == {"a", "b", "c"}
     assert all(t >= 0 for t in times.values())
 
 
