@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import resource
 import statistics
 import time
@@ -51,19 +52,19 @@ def interleaved_times(
     measurement weighs on all of them alike instead of on whichever ran in that minute (fewer
     repetitions once the turns have taken ``budget_s`` per function in all).
 
-    The order rotates by one each repetition, so that no function always runs right after
-    the same one: a call right after ``torch.median`` (whose threads are still spinning) ran
-    10 to 15 % slower than after numpy's partition.
+    Each repetition takes the functions in a new (seeded) random order, so that none always
+    runs right after the same one: a call right after ``torch.median`` (whose threads are
+    still spinning) ran 10 to 15 % slower than after numpy's partition.
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     sync(device)
-    names = list(fns)
+    order = random.Random(0)
     times: dict[str, list[float]] = {name: [] for name in fns}
     start = time.perf_counter()
-    for turn in range(repeat):
-        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+    for _ in range(repeat):
+        for name in order.sample(list(fns), len(fns)):
             tic = time.perf_counter()
             fns[name]()
             sync(device)
