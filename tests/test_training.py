@@ -102,10 +102,10 @@ def test_engine_in_float32_follows_the_loop_up_to_relu_flips(momentum):
     trainer = LocalTrainer(model, layout, lr=0.1, momentum=momentum, weight_decay=1e-3)
     batches = sample_batch_indices(data, torch.arange(6), 3, 8, torch.Generator().manual_seed(0))
     fast = trainer.train(theta, data.x, data.y, batches, buf_engine if momentum else None)
+    loop_buffers = buf_loop if momentum else None
     slow = train_clients_loop(
-        model, layout, theta, data.x, data.y, batches, 0.1, momentum, 1e-3,
-        buf_loop if momentum else None, 0.0,
-    )  # fmt: skip
+        model, layout, theta, data.x, data.y, batches, 0.1, momentum, 1e-3, loop_buffers
+    )
     assert fast.dtype == torch.float32
     close = torch.isclose(fast, slow, rtol=1e-4, atol=1e-6)
     assert close.float().mean() > 0.99
