@@ -96,7 +96,7 @@ def in_column_blocks(work, columns: int, block: int, workers: int) -> None:
     pool kept between calls: a fresh pool and one task per block cost about 1.2 ms per call
     at (1000, 9610).
     """
-    spans = iter(list(pairwise([*range(0, columns, block), columns])))
+    spans = pairwise([*range(0, columns, block), columns])  # shared, read under the lock
     workers = min(workers, -(-columns // block))
     if workers <= 1 or getattr(_in_block, "active", False):  # nested: the pool may be busy
         for lo, hi in spans:
@@ -182,12 +182,12 @@ def median_of_sorted(ordered: Tensor) -> Tensor:
 
 def _select_median(array: np.ndarray) -> np.ndarray:
     """:func:`column_median` of ``array (n, d)`` by selection: numpy's partition at ``n // 2``
-    (with one ``kth`` a vectorized quickselect; with two it takes a scalar path five times
-    slower); for even ``n`` the lower middle value is the largest of the lower part. Large
-    matrices go in column blocks copied transposed (contiguous rows of ``n`` values: numpy's
-    own partition along axis 0 gathers each strided column, 70 against 39 ms on one thread
-    at (1000, 9610)), on parallel threads; below 2^20 entries numpy's axis-0 partition of the
-    whole matrix was as fast or faster.
+    (with one ``kth`` an introselect in C per column, scalar here: int32 ran no faster; with
+    two ``kth`` numpy takes a path five times slower); for even ``n`` the lower middle value
+    is the largest of the lower part. Large matrices go in column blocks copied transposed
+    (contiguous rows of ``n`` values: numpy's own partition along axis 0 gathers each strided
+    column, 70 against 39 ms on one thread at (1000, 9610)), on parallel threads; below 2^20
+    entries numpy's axis-0 partition of the whole matrix was as fast or faster.
     """
     n, d = array.shape
     middle = n // 2
