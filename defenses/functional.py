@@ -21,6 +21,7 @@ __all__ = [
     "clip_scales",
     "clipped_mean",
     "column_median",
+    "columns_transposed",
     "finite_rows",
     "in_column_blocks",
     "median_of_sorted",
@@ -180,14 +181,42 @@ def median_of_sorted(ordered: Tensor) -> Tensor:
     return 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
 
 
+def columns_transposed(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """``array[:, lo:hi].T`` as a new C-contiguous ``(hi - lo, n)`` array.
+
+    numpy copies a transposed view one element at a time, each read a whole row's stride
+    away from the last. Here the columns go in groups of 16 bytes (4 of float32, 2 of
+    float64): first the block is copied transposed as ``(groups, n)`` elements of 16 bytes, a
+    quarter of the strided reads for float32, then each group is de-interleaved, ``(n, 4) ->
+    (4, n)``, in cache. At ``(1000, 9610)`` float32 on one thread: 22 -> 13 ms for all
+    columns. Columns left over after the last whole group, and arrays whose rows are not
+    contiguous, are copied the plain way.
+    """
+    n = array.shape[0]
+    size = array.itemsize
+    group = 16 // size if 16 % size == 0 else 1
+    width = hi - lo
+    grouped = width - width % group
+    if group == 1 or grouped == 0 or array.strides[1] != size:
+        return np.ascontiguousarray(array[:, lo:hi].T)
+    out = np.empty((width, n), dtype=array.dtype)
+    wide = np.ascontiguousarray(array[:, lo : lo + grouped].view(np.complex128).T)
+    interleaved = wide.view(array.dtype).reshape(grouped // group, n, group)
+    np.copyto(out[:grouped].reshape(grouped // group, group, n), interleaved.transpose(0, 2, 1))
+    out[grouped:] = array[:, lo + grouped : hi].T
+    return out
+
+
 def _select_median(array: np.ndarray) -> np.ndarray:
     """:func:`column_median` of ``array (n, d)`` by selection: numpy's partition at ``n // 2``
-    (with one ``kth`` an introselect in C per column, scalar here: int32 ran no faster; with
-    two ``kth`` numpy takes a path five times slower); for even ``n`` the lower middle value
-    is the largest of the lower part. Large matrices go in column blocks copied transposed
-    (contiguous rows of ``n`` values: numpy's own partition along axis 0 gathers each strided
-    column, 70 against 39 ms on one thread at (1000, 9610)), on parallel threads; below 2^20
-    entries numpy's axis-0 partition of the whole matrix was as fast or faster.
+    (with one ``kth``, numpy >= 2 hands 32- and 64-bit types to x86-simd-sort's AVX2 / AVX-512
+    quickselect: 2.3 ns per value at n = 1000 here, against 9 to 10 ns for int16, which has
+    no such path on AVX2; with two ``kth`` numpy takes a path five times slower); for even
+    ``n`` the lower middle value is the largest of the lower part. Large matrices go in column
+    blocks copied transposed (:func:`columns_transposed`; numpy's own partition along axis 0
+    gathers each strided column, 70 against 39 ms on one thread at (1000, 9610)), on parallel
+    threads; below 2^20 entries numpy's axis-0 partition of the whole matrix was as fast or
+    faster.
     """
     n, d = array.shape
     middle = n // 2
@@ -206,13 +235,14 @@ def _select_median(array: np.ndarray) -> np.ndarray:
     out = np.empty(d, dtype=array.dtype)
 
     def work(lo: int, hi: int) -> None:
-        block = np.ascontiguousarray(array[:, lo:hi].T)
+        block = columns_transposed(array, lo, hi)
         block.partition(middle, axis=1)
         out[lo:hi] = middle_of(block, axis=1)
 
     workers = max(1, torch.get_num_threads())
-    block = max(16, _SELECT_BLOCK_ENTRIES // n)
-    in_column_blocks(work, d, min(block, -(-d // workers)), workers)
+    block = min(max(16, _SELECT_BLOCK_ENTRIES // n), -(-d // workers))
+    block = max(4, block // 4 * 4)  # whole 16-byte groups of columns (columns_transposed)
+    in_column_blocks(work, d, block, workers)
     return out
 
 

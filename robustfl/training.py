@@ -195,37 +195,46 @@ def mlp_sgd_step(
         a = torch.bmm(w, a, out=out).add_(params[bias].unsqueeze(2))
         if relu:
             a.relu_()
-    delta = torch.softmax(a, dim=1)  # d loss / d logits = (softmax - onehot) / B
+    # B * d loss / d logits = softmax - onehot; the 1 / B of the mean is folded into the alpha
+    # of the products that read it (`scale`), one pass over the logits fewer.
+    delta = torch.softmax(a, dim=1)
     target = y.unsqueeze(1)
     delta.scatter_add_(1, target, _reused(scratch, "minus_one", target.shape, a).fill_(-1.0))
-    delta.div_(batch)
+    scale = 1.0 / batch
+    # Bias gradients as one matrix-vector product with ones over the flattened (C * out, B)
+    # deltas: faster here than sum(dim=2) (76 against 85 us at out = 128, 14 against 25 us at
+    # out = 10, per chunk of 100), and the bias update folds into it.
+    ones = _reused(scratch, "ones", (batch,), a).fill_(1.0)
     for index in range(len(plan) - 1, -1, -1):
         weight, bias, _ = plan[index]
         w, below = params[weight], inputs[index]
         upstream = None
         if index:  # back-propagate through the old weights, before they change
             grad_below = _reused(scratch, f"grad{index}", (num, w.shape[2], batch), w)
-            torch.bmm(w.transpose(1, 2), delta, out=grad_below)
+            torch.baddbmm(
+                grad_below, w.transpose(1, 2), delta, beta=0.0, alpha=scale, out=grad_below
+            )
             # ReLU's backward as one fused kernel (4x faster here than multiplying by a mask).
             upstream = torch.ops.aten.threshold_backward.grad_input(
                 grad_below, below, 0.0, grad_input=grad_below
             )
         below_t = below.transpose(1, 2)  # (C, B, in)
-        bias_grad = delta.sum(dim=2)
+        flat_delta = delta.view(-1, batch)  # (C * out, B); `delta` is contiguous
         if buffers is None:  # theta <- (1 - lr wd) theta - lr g
-            w.baddbmm_(delta, below_t, beta=1.0 - lr * weight_decay, alpha=-lr)
-            if weight_decay:
-                params[bias].mul_(1.0 - lr * weight_decay)
-            params[bias].add_(bias_grad, alpha=-lr)
+            decay = 1.0 - lr * weight_decay
+            w.baddbmm_(delta, below_t, beta=decay, alpha=-lr * scale)
+            params[bias].view(-1).addmv_(flat_delta, ones, beta=decay, alpha=-lr * scale)
         else:  # buf <- m buf + (1 - damp) (g + wd theta); theta <- theta - lr buf
             weight_grad = _reused(scratch, f"weight_grad{index}", w.shape, w)
             torch.bmm(delta, below_t, out=weight_grad)
+            bias_grad = torch.mv(flat_delta, ones).view(num, -1)
             for name, gradient in ((weight, weight_grad), (bias, bias_grad)):
                 param = params[name]
-                buf = buffers[name].mul_(momentum).add_(gradient, alpha=1.0 - dampening)
+                buf = buffers[name].mul_(momentum).add_(gradient, alpha=(1.0 - dampening) * scale)
                 if weight_decay:
                     buf.add_(param, alpha=weight_decay * (1.0 - dampening))
                 param.add_(buf, alpha=-lr)
+        scale = 1.0  # `upstream` carries the 1 / B already
         delta = upstream
 
 

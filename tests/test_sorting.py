@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from defenses.functional import column_median, in_column_blocks, sort_columns, sorting_network
+from defenses.functional import (
+    column_median,
+    columns_transposed,
+    in_column_blocks,
+    sort_columns,
+    sorting_network,
+)
 
 
 def apply_network(pairs, columns: np.ndarray) -> np.ndarray:
@@ -124,6 +130,29 @@ def test_column_median_of_a_non_contiguous_float64_view():
     out = column_median(view)
     assert out.dtype == torch.float64
     np.testing.assert_array_equal(out.numpy(), sorted_middle(view.numpy()))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.uint8, np.complex128])
+@pytest.mark.parametrize(("lo", "hi"), [(0, 37), (3, 37), (5, 8), (4, 4), (1, 2), (0, 36)])
+def test_columns_transposed_is_the_plain_transposed_copy(dtype, lo, hi):
+    """Bit for bit, whatever the dtype (16-byte groups of 4, 2, 8 or 16 columns, or the plain
+    copy for 16-byte elements), offset and width (whole groups, a remainder, none), also for
+    NaN payloads and -0.0, and for rows of odd byte length (37 float32 columns)."""
+    rng = np.random.default_rng(0)
+    values = (rng.standard_normal((9, 37)) * 100).astype(dtype)
+    if dtype == np.float32:
+        values.view(np.uint32)[2, 5] = 0x7FA00001  # a signalling NaN's payload
+        values[3, 6] = -0.0
+    out = columns_transposed(values, lo, hi)
+    assert out.flags.c_contiguous and out.shape == (hi - lo, 9)
+    expected = np.ascontiguousarray(values[:, lo:hi].T)
+    assert out.tobytes() == expected.tobytes()
+
+
+def test_columns_transposed_of_rows_with_a_stride():
+    values = np.arange(10 * 40, dtype=np.float32).reshape(10, 40)
+    for view in (values[:, ::2], values[::3, 1:], values.T):  # a strided last axis, then none
+        np.testing.assert_array_equal(columns_transposed(view, 1, 9), view[:, 1:9].T)
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])
