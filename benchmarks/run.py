@@ -46,6 +46,7 @@ def print_simulation(rows: list[dict]) -> None:
             f"{r['workload']:<26}{r['engine_ms']:>10.1f}{r['loop_ms']:>10.1f}"
             f"{r['speedup']:>8.1f}x{r['median_ms']:>10.1f}{r['updates_per_s']:>11.0f}"
             f"{r['compute_floor_ms']:>9.1f}{r['x_floor']:>8.1f}{r['peak_rss_mib']:>9.0f}"
+            + (f"  GPU {r['peak_gpu_mib']:.0f} MiB" if r.get("peak_gpu_mib") is not None else "")
         )
 
 

@@ -53,6 +53,8 @@ def measure(name: str, clients: int, data: str, device: str) -> dict:
     (as after the loop references) this machine runs the round 15 to 30 % slower than after
     a pause, and a floor measured in a quiet minute would charge that to the engine.
     """
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     client_data, model, layout = setup(clients, data, device)
     theta = layout.flatten(model)
     batches = sample_batch_indices(
@@ -91,6 +93,8 @@ def measure(name: str, clients: int, data: str, device: str) -> dict:
         "x_floor": engine / floor,
         "matmul_gflops": peak_gflops,
         "peak_rss_mib": peak_rss_mib(),
+        # GPU memory of this workload (the engine and the loop), on CUDA only
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
     }
 
 

@@ -168,8 +168,7 @@ def sort_columns(updates: Tensor) -> Tensor:
         array = array.copy()
         _sort_in_place(array)
         return torch.from_numpy(array)
-    values = torch.nan_to_num(updates, nan=torch.inf, posinf=torch.inf, neginf=-torch.inf)
-    return values.sort(dim=0).values
+    return updates.sort(dim=0).values  # torch too sorts NaN after +inf, and keeps it NaN
 
 
 def median_of_sorted(ordered: Tensor) -> Tensor:
