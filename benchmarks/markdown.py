@@ -19,6 +19,16 @@ def _rate(row: dict) -> str:
     return f" ({rate:.0f} GFLOP/s)" if rate else ""
 
 
+def _at_median(row: dict) -> str:
+    ratio = row.get("x_floor_at_median_rate")  # absent in older results files
+    return f" ({ratio:.1f})" if ratio else ""
+
+
+def _gpu_memory(row: dict) -> str:
+    mib = row.get("peak_gpu_mib")
+    return f" (GPU: {mib:.0f} MiB)" if mib is not None else ""
+
+
 def simulation(rows: list[dict]) -> str:
     lines = [
         "| workload | engine | loop | speed-up | of which median | client updates/s "
@@ -29,8 +39,8 @@ def simulation(rows: list[dict]) -> str:
         lines.append(
             f"| {r['workload']} | {_ms(r['engine_ms'])} | {_ms(r['loop_ms'])} | "
             f"{r['speedup']:.1f}x | {_ms(r['median_ms'])} | {r['updates_per_s']:,.0f} | "
-            f"{_ms(r['compute_floor_ms'])}{_rate(r)} | {r['x_floor']:.1f} | "
-            f"{r['peak_rss_mib']:.0f} MiB |"
+            f"{_ms(r['compute_floor_ms'])}{_rate(r)} | {r['x_floor']:.1f}{_at_median(r)} | "
+            f"{r['peak_rss_mib']:.0f} MiB{_gpu_memory(r)} |"
         )
     return "\n".join(lines)
 

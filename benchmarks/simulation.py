@@ -80,6 +80,9 @@ def measure(name: str, clients: int, data: str, device: str) -> dict:
     loop = median_time(loop_round, repeat=3, warmup=1, device=device)
     aggregate = median_time(lambda: median(out), repeat=7, device=device)
     floor = mlp_flops_per_round(clients) / (peak_gflops * 1e9)
+    # `x_floor` divides by the matmuls' best rate, as a floor should; this ratio takes both
+    # sides as medians (the round's and the matmuls'), for a reading of the machine's noise.
+    median_gflops = matmul_flops / statistics.median(times["matmul"]) / 1e9
     return {
         "workload": name,
         "clients": clients,
@@ -92,6 +95,7 @@ def measure(name: str, clients: int, data: str, device: str) -> dict:
         "compute_floor_ms": floor * 1e3,
         "x_floor": engine / floor,
         "matmul_gflops": peak_gflops,
+        "x_floor_at_median_rate": engine * median_gflops * 1e9 / mlp_flops_per_round(clients),
         "peak_rss_mib": peak_rss_mib(),
         # GPU memory of this workload (the engine and the loop), on CUDA only
         "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
