@@ -25,9 +25,10 @@ def direction(rows: Tensor, shape: Shape, unbiased: bool = True) -> tuple[Tensor
     """``(mu, p)``: candidates are ``mu + gamma * p`` with ``p = -sigma`` (ALIE-shaped),
     ``-mu`` (IPM-shaped: ``gamma = 1 + epsilon`` gives IPM's ``-epsilon mu``) or
     ``-mu / ||mu||`` (min-max-shaped)."""
-    mu, sigma = mean_and_std(rows, unbiased)
     if shape == "alie":
+        mu, sigma = mean_and_std(rows, unbiased)
         return mu, -sigma
+    mu = rows.mean(dim=0)
     if shape == "ipm":
         return mu, -mu
     if shape == "minmax":

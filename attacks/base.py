@@ -77,6 +77,9 @@ class Attack:
         """Restore what :meth:`state_dict` returned."""
 
 
+_STD_BLOCK_ROWS = 64  # rows whose deviations are squared together (64 x 9610 float32: 2.4 MB)
+
+
 def mean_and_std(rows: Tensor, unbiased: bool = True) -> tuple[Tensor, Tensor]:
     """Coordinate-wise mean and standard deviation of ``rows (m, d)``, each ``(d,)``.
 
@@ -85,9 +88,25 @@ def mean_and_std(rows: Tensor, unbiased: bool = True) -> tuple[Tensor, Tensor]:
     is zero.
     """
     mu = rows.mean(dim=0)
-    if len(rows) < 2:
+    count = len(rows)
+    if count < 2:
         return mu, torch.zeros_like(mu)
-    return mu, rows.std(dim=0, unbiased=unbiased)
+    # The corrected two-pass algorithm (Chan, Golub and LeVeque 1983): deviations from the
+    # float32 mean, less (sum of deviations)^2 / count, which cancels the mean's own rounding
+    # (it matters where the spread is a few ulps of the values). The rows go in blocks that
+    # stay in the cache: at (800, 9610) float32 about 8 ms against 34 ms for
+    # rows.std(dim=0), a Welford pass along the strided client axis.
+    squares, shifts = torch.zeros_like(mu), torch.zeros_like(mu)
+    block = torch.empty(
+        min(count, _STD_BLOCK_ROWS), rows.shape[1], dtype=mu.dtype, device=mu.device
+    )
+    for start in range(0, count, _STD_BLOCK_ROWS):
+        part = rows[start : start + _STD_BLOCK_ROWS]
+        deviations = torch.sub(part, mu, out=block[: len(part)])
+        shifts += deviations.sum(dim=0)
+        squares += deviations.mul_(deviations).sum(dim=0)
+    variance = squares.sub_(shifts.mul_(shifts).div_(count)).clamp_(min=0.0)
+    return mu, variance.div_(count - 1 if unbiased else count).sqrt_()
 
 
 def repeat_row(row: Tensor, count: int) -> Tensor:

@@ -22,11 +22,11 @@ Search = Literal["halving", "exact"]
 def perturbation_vector(rows: Tensor, kind: Perturbation, unbiased: bool = True) -> Tensor:
     """The direction ``p (d,)`` added to the mean: ``-mu/||mu||`` (``"unit_vec"``), ``-sigma``
     (``"std"``) or ``-sign(mu)`` (``"sign"``)."""
-    mu, sigma = mean_and_std(rows, unbiased)
+    if kind == "std":
+        return -mean_and_std(rows, unbiased)[1]
+    mu = rows.mean(dim=0)
     if kind == "unit_vec":
         return -mu / torch.linalg.vector_norm(mu).clamp(min=torch.finfo(mu.dtype).tiny)
-    if kind == "std":
-        return -sigma
     if kind == "sign":
         return -torch.sign(mu)
     raise ConfigError(f"attack.perturbation={kind!r} is invalid: use 'unit_vec', 'std' or 'sign'.")
