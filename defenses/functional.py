@@ -201,6 +201,8 @@ def columns_transposed(array: np.ndarray, lo: int, hi: int) -> np.ndarray:
     if group == 1 or grouped == 0 or array.strides[1] != size:
         return np.ascontiguousarray(array[:, lo:hi].T)
     out = np.empty((width, n), dtype=array.dtype)
+    # complex128 as the 16-byte unit: numpy copies it as raw bytes (no arithmetic, NaN
+    # payloads kept) with its size-16 loop, and releases the GIL (a void dtype did not).
     wide = np.ascontiguousarray(array[:, lo : lo + grouped].view(np.complex128).T)
     interleaved = wide.view(array.dtype).reshape(grouped // group, n, group)
     np.copyto(out[:grouped].reshape(grouped // group, group, n), interleaved.transpose(0, 2, 1))
