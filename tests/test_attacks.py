@@ -8,6 +8,7 @@ import pytest
 import torch
 from scipy.stats import norm
 
+import attacks.base
 from attacks.adaptive import Adaptive, in_span_coordinates, line_maximize
 from attacks.alie import ALIE, alie_z
 from attacks.backdoor import Backdoor, stamp
@@ -405,10 +406,11 @@ def test_a_coordinatewise_rule_behind_equivariant_stages_sees_the_same_damage():
 
 @pytest.mark.parametrize("rows", [1, 2, 7, 64, 150])
 @pytest.mark.parametrize("unbiased", [True, False])
-def test_mean_and_std_is_the_sample_or_population_std(rows, unbiased):
-    """Against the float64 definition, for row counts below, at and across the 64-row blocks
+def test_mean_and_std_is_the_sample_or_population_std(rows, unbiased, monkeypatch):
+    """Against the float64 definition, for row counts below, at and across blocks of 64 rows
     of the two-pass computation, on rows with a large common part (the deviations, not the
     values, must be squared, and the float32 mean's rounding corrected)."""
+    monkeypatch.setattr(attacks.base, "_STD_BLOCK_BYTES", 64 * 300 * 4)  # 64 rows a block
     g = torch.Generator().manual_seed(rows)
     values = 50.0 + 1e-3 * torch.randn(rows, 300, generator=g)
     mu, sigma = mean_and_std(values, unbiased)
