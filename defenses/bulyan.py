@@ -12,6 +12,7 @@ from defenses.base import Defense
 from defenses.functional import (
     PARALLEL_MIN,
     in_column_blocks,
+    mean_of_rows,
     pairwise_sq_distances,
     sort_columns,
 )
@@ -153,7 +154,7 @@ def bulyan(
     chosen = bulyan_select(pairwise_sq_distances(updates), f, theta, selection)
     selected = updates[chosen]
     if second_step == "trimmed_mean":
-        out = sort_columns(selected).to(updates.device)[f : theta - f].mean(dim=0)
+        out = mean_of_rows(sort_columns(selected), f, theta - f).to(updates.device)
     else:
         out = closest_to_median_mean(selected, beta)
     return out, chosen

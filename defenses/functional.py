@@ -4,6 +4,7 @@ clipping. All take an update matrix ``updates (n, d)``; none loops over clients 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from torch import Tensor
 from robustfl.linalg import finite_rows, pairwise_sq_distances, zero_nonfinite
 
 __all__ = [
+    "block_columns",
     "clip_rows",
     "clip_scales",
     "clipped_mean",
@@ -24,6 +26,7 @@ __all__ = [
     "columns_transposed",
     "finite_rows",
     "in_column_blocks",
+    "mean_of_rows",
     "median_of_sorted",
     "pairwise_sq_distances",
     "row_norms",
@@ -31,7 +34,13 @@ __all__ = [
 ]
 
 
-PARALLEL_MIN = 1 << 20  # entries; below this, threads cost more than they save
+# Entries from which the column kernels (sort, selection, Bulyan's window search) split the
+# columns between threads. With the thread pool kept between calls, two threads paid off from
+# about 1.5e5 entries (the median 0.55 to 0.9x, the sort 0.6 to 0.9x of one call on the whole
+# matrix, for n = 26 to 1000) and cost 6 to 40 % more at 5e4.
+PARALLEL_MIN = 1 << 17
+# On one thread, column blocks pay off only once the matrix leaves the cache.
+_BLOCKS_ONE_THREAD_MIN = 1 << 20
 # Up to this many rows a sorting network over whole rows beats numpy's per-column sort (about
 # 2x at n = 8 to 20, even at n = 24; equal at n = 32), in column blocks that stay in cache.
 _NETWORK_MAX_ROWS = 24
@@ -39,10 +48,28 @@ _NETWORK_BLOCK = 1 << 16  # columns
 # The network is memory-bound: a second thread paid off only from about 10^7 entries
 # ((14, 1e6): 56 -> 41 ms) and cost time at (14, 1e5) (4.2 -> 6.0 ms).
 _NETWORK_PARALLEL_MIN = 1 << 22
-# The median's selection works on transposed column blocks of about this many entries (1 MiB of
-# float32): best or tied among 2^16 to 2^19 at (1000, 9610) and (200, 1e5); smaller blocks paid more
-# Python overhead per block.
-_SELECT_BLOCK_ENTRIES = 1 << 18
+# Column blocks of the selection and the sort hold about this many entries (1 MiB of float32):
+# best or tied among 2^15 to 2^19 from n = 26 to 1000.
+_BLOCK_ENTRIES = 1 << 18
+# Up to this many rows numpy's own partition along axis 0 selects as fast as on transposed
+# blocks or faster (n = 26: 0.65 against 0.97 of the whole-matrix call at 6e6 entries, one
+# thread): the n cache lines it gathers a column from stay in L1 for the next 15 columns.
+# Above, transposed blocks (at n = 1000: 39 against 70 ms).
+_GATHER_MAX_ROWS = 128
+
+
+def block_columns(n: int, d: int, workers: int, entries: int = _BLOCK_ENTRIES) -> int:
+    """Columns per block of an ``(n, d)`` matrix for :func:`in_column_blocks`: about
+    ``entries`` entries, at most an equal share per worker, and an odd multiple of 16.
+
+    The multiple of 16 keeps whole 16-byte groups for :func:`columns_transposed`; the odd
+    factor keeps the rows of a contiguous copy of the block from a power-of-two stride, whose
+    column reads all fall into one cache set (a 1,024-column block of 64 rows took 1.8x the
+    time of a 1,040-column one).
+    """
+    width = max(1, entries // n) // 32 * 32 + 16
+    share = -(-d // workers)
+    return min(width, -(-share // 16) * 16)
 
 
 @cache
@@ -85,58 +112,99 @@ def _network_sort(source: np.ndarray, out: np.ndarray) -> None:
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 _in_block = threading.local()  # set while a thread runs blocks of in_column_blocks
-# A forked child inherits the pools but not their threads: start new ones there.
-os.register_at_fork(after_in_child=_POOLS.clear)
+_OPENMP_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_after_fork = threading.Event()  # set in a forked child
+
+
+def _forked() -> None:
+    # A forked child inherits the pools but not their threads: start new ones there. GNU
+    # OpenMP cannot start a team in a child forked after its threads existed (it waits on
+    # the parent's threads), so the child uses the pool.
+    _POOLS.clear()
+    _after_fork.set()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+@cache
+def _openmp_parallel():
+    """GNU OpenMP's ``GOMP_parallel(fn, data, num_threads, flags)`` from the runtime torch has
+    already loaded, or None (another runtime, none, or not yet loaded: never a second copy)."""
+    if not torch.backends.openmp.is_available():
+        return None
+    try:
+        runtime = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)
+        parallel = runtime.GOMP_parallel
+    except (OSError, AttributeError):
+        return None
+    parallel.argtypes = [_OPENMP_CALLBACK, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint]
+    parallel.restype = None
+    return parallel
 
 
 def in_column_blocks(work, columns: int, block: int, workers: int) -> None:
     """``work(lo, hi)`` over column blocks ``[lo, hi)`` of at most ``block`` of ``columns``, on
     ``workers`` threads when there is more than one block (numpy's kernels release the GIL).
 
-    The threads (the calling one among them) take the next block until none is left, from a
-    pool kept between calls: a fresh pool and one task per block cost about 1.2 ms per call
-    at (1000, 9610).
+    The threads, the calling one among them, take the next block until none is left. They
+    are torch's own OpenMP threads when torch runs on GNU OpenMP: after each parallel torch
+    operation those threads spin for about 9 ms before they sleep, and a thread of ours
+    started in that time shares a core with a spinning one (a 2-thread sort right after a
+    torch reduction took 3.1 ms, more than the 2.8 ms of one thread; on OpenMP's team 1.7 ms).
+    Otherwise (and in a forked child) threads from a pool kept between calls: a fresh pool
+    and one task per block cost about 1.2 ms per call at (1000, 9610).
     """
     spans = pairwise([*range(0, columns, block), columns])  # shared, read under the lock
     workers = min(workers, -(-columns // block))
-    if workers <= 1 or getattr(_in_block, "active", False):  # nested: the pool may be busy
+    if workers <= 1 or getattr(_in_block, "active", False):  # nested: run here
         for lo, hi in spans:
             work(lo, hi)
         return
     lock = threading.Lock()
+    errors: list[BaseException] = []
 
-    def run() -> None:
+    def run(_data=None) -> None:
         _in_block.active = True
         try:
             while True:
                 with lock:
-                    span = next(spans, None)
+                    span = None if errors else next(spans, None)
                 if span is None:
                     return
                 work(*span)
+        except BaseException as error:  # re-raised in the calling thread
+            with lock:
+                errors.append(error)
         finally:
             _in_block.active = False
 
-    pool = _POOLS.get(workers)
-    if pool is None:
-        pool = _POOLS[workers] = ThreadPoolExecutor(workers - 1, "robustfl-columns")
-    others = [pool.submit(run) for _ in range(workers - 1)]
-    try:
+    parallel = None if _after_fork.is_set() else _openmp_parallel()
+    if parallel is not None:
+        parallel(_OPENMP_CALLBACK(run), None, workers, 0)
+    else:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            pool = _POOLS[workers] = ThreadPoolExecutor(workers - 1, "robustfl-columns")
+        others = [pool.submit(run) for _ in range(workers - 1)]
         run()
-    finally:
         for future in others:
             future.result()
+    if errors:
+        raise errors[0]
 
 
 def _sort_in_place(array: np.ndarray) -> None:
     """Sort ``array`` along axis 0 in place, in column blocks on ``torch.get_num_threads()``
     threads (numpy's sort releases the GIL)."""
     workers = max(1, torch.get_num_threads())
+    n, d = array.shape
     if workers == 1 or array.size < PARALLEL_MIN:
         array.sort(axis=0)
         return
-    block = -(-array.shape[1] // workers)
-    in_column_blocks(lambda lo, hi: array[:, lo:hi].sort(axis=0), array.shape[1], block, workers)
+    in_column_blocks(
+        lambda lo, hi: array[:, lo:hi].sort(axis=0), d, block_columns(n, d, workers), workers
+    )
 
 
 def sort_columns(updates: Tensor) -> Tensor:
@@ -169,6 +237,19 @@ def sort_columns(updates: Tensor) -> Tensor:
         _sort_in_place(array)
         return torch.from_numpy(array)
     return updates.sort(dim=0).values  # torch too sorts NaN after +inf, and keeps it NaN
+
+
+def mean_of_rows(ordered: Tensor, lo: int, hi: int) -> Tensor:
+    """The mean ``(d,)`` of rows ``lo`` to ``hi - 1`` of ``ordered (n, d)``: the trimmed mean of
+    sorted columns.
+
+    On the CPU in numpy, like the sort before it: torch's reduction wakes its OpenMP threads,
+    which then spin for milliseconds on the cores that the next call's column threads need.
+    """
+    if ordered.device.type != "cpu":
+        return ordered[lo:hi].mean(dim=0)
+    with np.errstate(invalid="ignore", over="ignore"):  # as torch: inf + -inf is NaN
+        return torch.from_numpy(ordered.numpy()[lo:hi].mean(axis=0))
 
 
 def median_of_sorted(ordered: Tensor) -> Tensor:
@@ -215,11 +296,13 @@ def _select_median(array: np.ndarray) -> np.ndarray:
     (with one ``kth``, numpy >= 2 hands 32- and 64-bit types to x86-simd-sort's AVX2 / AVX-512
     quickselect: 2.3 ns per value at n = 1000 here, against 9 to 10 ns for int16, which has
     no such path on AVX2; with two ``kth`` numpy takes a path five times slower); for even
-    ``n`` the lower middle value is the largest of the lower part. Large matrices go in column
-    blocks copied transposed (:func:`columns_transposed`; numpy's own partition along axis 0
-    gathers each strided column, 70 against 39 ms on one thread at (1000, 9610)), on parallel
-    threads; below 2^20 entries numpy's axis-0 partition of the whole matrix was as fast or
-    faster.
+    ``n`` the lower middle value is the largest of the lower part.
+
+    From :data:`PARALLEL_MIN` entries (:data:`_BLOCKS_ONE_THREAD_MIN` on one thread) in
+    column blocks, on parallel threads: up to :data:`_GATHER_MAX_ROWS` rows numpy's partition
+    along axis 0 of each block; above, of blocks copied transposed
+    (:func:`columns_transposed`), since numpy's axis-0 partition gathers every column from
+    ``n`` strided cache lines (70 against 39 ms on one thread at (1000, 9610)).
     """
     n, d = array.shape
     middle = n // 2
@@ -233,19 +316,21 @@ def _select_median(array: np.ndarray) -> np.ndarray:
         with np.errstate(invalid="ignore"):  # -inf + inf is NaN; max propagates NaN, as
             return 0.5 * (lower + upper)  # the sorted order puts NaN last
 
-    if array.size < PARALLEL_MIN:
+    workers = max(1, torch.get_num_threads())
+    if array.size < (PARALLEL_MIN if workers > 1 else _BLOCKS_ONE_THREAD_MIN):
         return middle_of(np.partition(array, middle, axis=0), axis=0)
     out = np.empty(d, dtype=array.dtype)
 
-    def work(lo: int, hi: int) -> None:
+    def gathered(lo: int, hi: int) -> None:
+        out[lo:hi] = middle_of(np.partition(array[:, lo:hi], middle, axis=0), axis=0)
+
+    def transposed(lo: int, hi: int) -> None:
         block = columns_transposed(array, lo, hi)
         block.partition(middle, axis=1)
         out[lo:hi] = middle_of(block, axis=1)
 
-    workers = max(1, torch.get_num_threads())
-    block = min(max(16, _SELECT_BLOCK_ENTRIES // n), -(-d // workers))
-    block = max(4, block // 4 * 4)  # whole 16-byte groups of columns (columns_transposed)
-    in_column_blocks(work, d, block, workers)
+    work = gathered if n <= _GATHER_MAX_ROWS else transposed
+    in_column_blocks(work, d, block_columns(n, d, workers), workers)
     return out
 
 

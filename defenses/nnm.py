@@ -8,7 +8,7 @@ from torch import Tensor
 
 from defenses.base import PreAggregator
 from robustfl.errors import ConfigError
-from robustfl.linalg import finite_rows, pairwise_sq_distances, zero_nonfinite
+from robustfl.linalg import pairwise_sq_distances, zero_nonfinite
 
 
 def nearest_neighbor_mixing(updates: Tensor, f: int) -> Tensor:
@@ -21,11 +21,12 @@ def nearest_neighbor_mixing(updates: Tensor, f: int) -> Tensor:
     """
     n = len(updates)
     k = n - f
-    dist = pairwise_sq_distances(updates)
+    norms = torch.linalg.vector_norm(updates, dim=1)  # one pass, for the distances and finiteness
+    dist = pairwise_sq_distances(updates, norms)
     nearest = dist.topk(k, dim=1, largest=False).indices  # (n, k)
     mixing = torch.zeros(n, n, dtype=updates.dtype, device=updates.device)
     mixing.scatter_(1, nearest, 1.0 / k)
-    finite = finite_rows(updates)
+    finite = torch.isfinite(norms)
     x = zero_nonfinite(updates, finite)
     out = mixing @ x
     tainted = (mixing[:, ~finite] > 0).any(dim=1) | ~finite

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from defenses.base import Defense
-from defenses.functional import sort_columns
+from defenses.functional import mean_of_rows, sort_columns
 from robustfl.errors import ConfigError
 
 
@@ -18,8 +18,7 @@ def trimmed_mean(updates: Tensor, b: int) -> Tensor:
     n = len(updates)
     if not 0 <= 2 * b < n:
         raise ValueError(f"trimmed_mean needs 0 <= 2b < n; got b={b}, n={n}")
-    ordered = sort_columns(updates).to(updates.device)
-    return ordered[b : n - b].mean(dim=0)
+    return mean_of_rows(sort_columns(updates), b, n - b).to(updates.device)
 
 
 class TrimmedMean(Defense):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from defenses.functional import (
+    block_columns,
     column_median,
     columns_transposed,
     in_column_blocks,
@@ -95,13 +96,13 @@ def sorted_middle(values: np.ndarray) -> np.ndarray:
     ("n", "d"),
     [
         *[(n, 700) for n in (2, 3, 24, 25, 26, 51, 100, 257, 1000)],
-        *[(51, 20_600), (1000, 1100), (1001, 1100)],  # >= 2^20 entries: transposed blocks
+        *[(51, 20_600), (128, 8200), (1000, 1100), (1001, 1100)],  # >= 2^20 entries: blocks
     ],
 )
 def test_column_median_equals_the_middle_of_the_sort(n, d):
-    """Every path (network up to 24 rows; selection above, on the whole matrix or in
-    transposed column blocks from 2^20 entries), odd and even n, with ties, infinities and
-    NaN (NaN sorts last, so a column more than half NaN has a NaN median)."""
+    """Every path (network up to 24 rows; selection above, on the whole matrix, in column
+    blocks up to 128 rows, in transposed column blocks above), odd and even n, with ties,
+    infinities and NaN (NaN sorts last, so a column more than half NaN has a NaN median)."""
     rng = np.random.default_rng(n)
     values = rng.integers(-3, 4, size=(n, d)).astype(np.float32)
     values[rng.random(values.shape) < 0.02] = np.inf
@@ -116,12 +117,27 @@ def test_column_median_equals_the_middle_of_the_sort(n, d):
     )
 
 
-def test_column_median_in_parallel_blocks(threads):
-    values = torch.randn(1000, 3001)  # above the parallel threshold, 12 column blocks
+@pytest.mark.parametrize("n", [26, 128, 129, 1000])
+def test_column_median_in_parallel_blocks(threads, n):
+    """Above the parallel threshold: blocks of the matrix (n <= 128) or of its transpose."""
+    values = torch.randn(n, 300_000 // n * 2 + 3)
     values[::7, ::5] = 1.0  # ties across blocks
     np.testing.assert_array_equal(column_median(values).numpy(), sorted_middle(values.numpy()))
-    odd = values[:999]
+    odd = values[:-1]
     np.testing.assert_array_equal(column_median(odd).numpy(), sorted_middle(odd.numpy()))
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize(("n", "d"), [(50, 10_000), (64, 100_000), (1000, 9610), (30, 7)])
+def test_block_columns_avoid_power_of_two_strides(workers, n, d):
+    """Whole 16-byte groups, at most a worker's share (rounded up to 16 columns), and an odd
+    multiple of 16 when the block is narrower than the share."""
+    width = block_columns(n, d, workers)
+    share = -(-d // workers)
+    assert width % 16 == 0 and 16 <= width <= -(-share // 16) * 16
+    if width < share:
+        assert (width // 16) % 2 == 1
+    assert block_columns(64, 10**6, 1, entries=1 << 16) == 1040  # not 1024: a 4 KiB stride
 
 
 def test_column_median_of_a_non_contiguous_float64_view():
@@ -176,6 +192,36 @@ def test_column_blocks_propagate_errors_and_run_nested_calls_in_place():
 
     in_column_blocks(nested, 256, 64, 2)
     assert sum(inner) == 256
+
+
+@pytest.mark.skipif(not torch.backends.openmp.is_available(), reason="torch built without OpenMP")
+def test_column_blocks_run_on_torchs_openmp_threads():
+    """With torch on GNU OpenMP the blocks run on its team (whose threads would otherwise spin
+    on the cores after each torch operation): two blocks at once, and no thread added."""
+    import os
+    import threading
+
+    from defenses import functional
+
+    if functional._openmp_parallel() is None:
+        pytest.skip("torch's OpenMP runtime is not GNU OpenMP")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    torch.ones(1 << 16).sum()  # torch's two OpenMP threads exist
+    before = set(os.listdir("/proc/self/task"))
+    both = threading.Barrier(2, timeout=30)  # passes only with two blocks running at once
+    seen: set[int] = set()
+
+    def work(lo, hi):
+        seen.add(threading.get_native_id())
+        both.wait()
+
+    try:
+        in_column_blocks(work, 2, 1, 2)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seen) == 2 and threading.get_native_id() in seen
+    assert set(os.listdir("/proc/self/task")) <= before
 
 
 def test_column_blocks_work_in_a_forked_child():
