@@ -45,9 +45,10 @@ _BLOCKS_ONE_THREAD_MIN = 1 << 20
 # 2x at n = 8 to 20, even at n = 24; equal at n = 32), in column blocks that stay in cache.
 _NETWORK_MAX_ROWS = 24
 _NETWORK_BLOCK = 1 << 16  # columns
-# The network is memory-bound: a second thread paid off only from about 10^7 entries
-# ((14, 1e6): 56 -> 41 ms) and cost time at (14, 1e5) (4.2 -> 6.0 ms).
-_NETWORK_PARALLEL_MIN = 1 << 22
+# The network's many short numpy calls take turns for the GIL: on OpenMP's team (see
+# in_column_blocks) a second thread paid off from about 10^6 entries ((14, 1e5): 3.6 -> 2.9
+# ms, (14, 1e6): 48 -> 36 ms) and cost time below 5e5 ((14, 3e4): 0.9 -> 1.3 ms).
+_NETWORK_PARALLEL_MIN = 1 << 20
 # Column blocks of the selection and the sort hold about this many entries (1 MiB of float32):
 # best or tied among 2^15 to 2^19 from n = 26 to 1000.
 _BLOCK_ENTRIES = 1 << 18

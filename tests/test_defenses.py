@@ -196,6 +196,19 @@ def test_krum_multikrum_bulyan_nnm_match_loop_references(seed):
     )
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_bulyan_selection_with_ties_equals_repeated_krum_by_definition(seed):
+    """Integer-valued rows, so that distances and Krum scores tie exactly (and duplicated
+    rows, as colluding clients send): ties go to the lowest index in every pass."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(7, 31))
+    f = int(rng.integers(1, (n - 3) // 4 + 1))
+    rows = torch.from_numpy(rng.integers(-2, 3, size=(n, 5)).astype(np.float32))
+    rows[: f + 1] = rows[0]
+    _, chosen = bulyan(rows, f)
+    assert chosen.tolist() == ref.bulyan(rows.double().tolist(), f)[1]
+
+
 def closest_window_by_definition(column: list[float], beta: int) -> float:
     """Bulyan's second step for one coordinate, from its definition: the window of ``beta``
     sorted values whose larger distance to the median is smallest (NaN costs last, ties to
