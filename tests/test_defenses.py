@@ -550,9 +550,12 @@ def test_weiszfeld_on_the_gram_matrix_equals_weiszfeld_on_the_rows(init):
         slow, k_slow = _weiszfeld_on_rows(points, alpha, nu, iterations, 0.0, init)
         if iterations < 10:
             assert k_fast == k_slow == iterations
+            torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-9)
         else:  # both stop once the objective stops changing, at rounding level
             assert k_fast < iterations and k_slow < iterations
-        torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-9)
+            # ... which need not be the same iteration: Weiszfeld's last steps are small but
+            # not rounding-small (2e-8 apart with torch 2.11 on 16 threads).
+            torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
 
 
 def test_geometric_median_keeps_float32_accuracy_on_rows_with_a_large_common_part():
