@@ -35,9 +35,9 @@ __all__ = [
 
 
 # Entries from which the column kernels (sort, selection, Bulyan's window search) split the
-# columns between threads. With the thread pool kept between calls, two threads paid off from
-# about 1.5e5 entries (the median 0.55 to 0.9x, the sort 0.6 to 0.9x of one call on the whole
-# matrix, for n = 26 to 1000) and cost 6 to 40 % more at 5e4.
+# columns between threads (see in_column_blocks): two threads paid off from about 1.5e5
+# entries (the median 0.55 to 0.9x, the sort 0.6 to 0.9x of one call on the whole matrix, for
+# n = 26 to 1000) and cost 6 to 40 % more at 5e4.
 PARALLEL_MIN = 1 << 17
 # On one thread, column blocks pay off only once the matrix leaves the cache.
 _BLOCKS_ONE_THREAD_MIN = 1 << 20

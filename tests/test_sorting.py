@@ -69,6 +69,9 @@ def threads(request):
 def test_sort_columns_in_parallel_blocks(threads):
     values = torch.randn(14, 300_001)  # above the parallel threshold, 5 network blocks
     np.testing.assert_array_equal(sort_columns(values).numpy(), np.sort(values.numpy(), axis=0))
+    for values in (torch.randn(40, 5001), torch.randn(14, 20_001)):  # numpy's sort in blocks
+        values[3, ::7] = torch.nan  # (and NaN keeps 14 rows off the network)
+        np.testing.assert_array_equal(sort_columns(values).numpy(), np.sort(values.numpy(), axis=0))
 
 
 def test_nan_sorts_last_whatever_the_path():
