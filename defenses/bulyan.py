@@ -17,7 +17,7 @@ from defenses.functional import (
     sort_columns,
 )
 from robustfl.errors import ConfigError
-from robustfl.linalg import krum_scores
+from robustfl.linalg import krum_scores, lowest_scores
 
 Selection = Literal["repeated_krum", "multi_krum"]
 SecondStep = Literal["closest_to_median", "trimmed_mean"]
@@ -33,8 +33,7 @@ def bulyan_select(distances: Tensor, f: int, theta: int, selection: Selection) -
     """
     n = len(distances)
     if selection == "multi_krum":
-        scores = krum_scores(distances, n - f - 2)
-        return torch.sort(scores, stable=True).indices[:theta].sort().values
+        return lowest_scores(krum_scores(distances, n - f - 2), theta)
     # theta = n - 2f passes over the (n, n) matrix, never over coordinates; in numpy, where
     # small-array operations cost microseconds instead of torch's dispatch overhead. Each row
     # is sorted once; a pass takes, per remaining row, the first k entries of its sorted row
@@ -75,7 +74,7 @@ def closest_to_median_mean(selected: Tensor, beta: int) -> Tensor:
     window starts, on whole rows.
 
     On the CPU in numpy, over column blocks that stay in the cache (on parallel threads from
-    2^20 entries), instead of torch on the whole matrix, where every operation streams a
+    ``PARALLEL_MIN`` entries), instead of torch on the whole matrix, where every operation streams a
     ``(t - beta + 1, d)`` array through memory: Bulyan's second step at n = 50 (30 selected
     rows, beta = 10) took 4.6 -> 2.6 to 3.9 ms at d = 1e4 and 32 to 41 -> 25 to 27 ms at
     d = 1e5, and at n = 200, d = 1e5, 113 to 144 -> 94 to 97 ms (sort included).

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from defenses.base import Defense
 from robustfl.errors import ConfigError
-from robustfl.linalg import zero_nonfinite
+from robustfl.linalg import median_norm_row, zero_nonfinite
 
 
 def geometric_median(
@@ -63,8 +63,7 @@ def _weiszfeld_on_gram(
     """Smoothed Weiszfeld in the coefficients ``w`` of ``v = w @ points`` (``norms``: the rows'
     norms); ``None`` when the centered Gram matrix is not finite."""
     usable = alpha > 0
-    order = torch.sort(norms.masked_fill(~usable, torch.inf), stable=True).indices
-    centered = points - points[order[(int(usable.sum()) - 1) // 2]]
+    centered = points - points[median_norm_row(norms, usable)]
     gram = (centered @ centered.T).double()
     if not bool(torch.isfinite(gram).all()):
         return None
@@ -105,8 +104,8 @@ def _weiszfeld_on_rows(
     if not bool(torch.isfinite(dist[alpha > 0]).all()):
         # Huge rows pulled the mean so far that distances overflow: start instead from the
         # finite row of median norm (the fixed point does not depend on the start).
-        norms = torch.linalg.vector_norm(points, dim=1).masked_fill(alpha <= 0, torch.inf)
-        estimate = points[torch.sort(norms, stable=True).indices[(int((alpha > 0).sum()) - 1) // 2]]
+        norms = torch.linalg.vector_norm(points, dim=1)
+        estimate = points[median_norm_row(norms, alpha > 0)]
         dist = distances(estimate)
     objective = float((alpha * torch.where(alpha > 0, dist, 0.0)).sum())
     done = 0

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from defenses.base import Defense
 from defenses.krum import check_krum, default_neighbors
 from robustfl.errors import ConfigError
-from robustfl.linalg import krum_scores, pairwise_sq_distances, zero_nonfinite
+from robustfl.linalg import krum_scores, lowest_scores, pairwise_sq_distances, zero_nonfinite
 
 
 def multi_krum(
@@ -21,9 +20,8 @@ def multi_krum(
     m = n - f if m is None else m
     k = default_neighbors(n, f) if neighbors is None else neighbors
     norms = torch.linalg.vector_norm(updates, dim=1)  # one pass, for the distances and the mean
-    scores = krum_scores(pairwise_sq_distances(updates, norms), k).cpu().numpy()
-    # A stable sort keeps ties in index order, so the selection is deterministic.
-    chosen = torch.from_numpy(np.sort(np.argsort(scores, kind="stable")[:m])).to(updates.device)
+    chosen = lowest_scores(krum_scores(pairwise_sq_distances(updates, norms), k), m)
+    chosen = chosen.to(updates.device)
     weights = torch.zeros(n, dtype=updates.dtype, device=updates.device)
     weights[chosen] = 1.0 / m
     # The mean of the chosen rows without copying them (non-chosen non-finite rows zeroed).

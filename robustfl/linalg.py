@@ -28,6 +28,17 @@ def zero_nonfinite(updates: Tensor, finite: Tensor) -> Tensor:
     )
 
 
+def median_norm_row(norms: Tensor | np.ndarray, usable: Tensor | np.ndarray) -> int:
+    """Index of the row of median norm among the ``usable`` ones (the lower middle for an even
+    count; equal norms to the lower index), from ``norms (n,)``: the reference row that
+    distance computations center on. Needs at least one usable row."""
+    norms, usable = (
+        v.detach().cpu().numpy() if isinstance(v, Tensor) else v for v in (norms, usable)
+    )
+    order = np.argsort(np.where(usable, norms, np.inf), kind="stable")
+    return int(order[(int(usable.sum()) - 1) // 2])
+
+
 def pairwise_sq_distances(updates: Tensor, norms: Tensor | None = None) -> Tensor:
     """``(n, n)`` squared Euclidean distances between rows, by one matrix product.
 
@@ -53,8 +64,7 @@ def pairwise_sq_distances(updates: Tensor, norms: Tensor | None = None) -> Tenso
     if not finite.all():
         x = zero_nonfinite(updates, torch.from_numpy(finite).to(updates.device))
     if finite.any():
-        order = np.argsort(np.where(finite, norm_values, np.inf), kind="stable")
-        x = x - x[int(order[(int(finite.sum()) - 1) // 2])]
+        x = x - x[median_norm_row(norm_values, finite)]
     gram = x @ x.T
     if gram.device.type == "cpu":
         return torch.from_numpy(_distances_from_gram(gram.detach().numpy(), finite))
@@ -106,3 +116,10 @@ def krum_scores(distances: Tensor, neighbors: int) -> Tensor:
     others = distances.clone()
     others.fill_diagonal_(torch.inf)
     return others.topk(k, dim=1, largest=False).values.sum(dim=1)
+
+
+def lowest_scores(scores: Tensor, m: int) -> Tensor:
+    """Indices (sorted, on ``scores``' device) of the ``m`` lowest of ``scores (n,)``; equal
+    scores go to the lower index, so the selection is deterministic (Multi-Krum's rows)."""
+    order = np.argsort(scores.detach().cpu().numpy(), kind="stable")
+    return torch.from_numpy(np.sort(order[:m])).to(scores.device)

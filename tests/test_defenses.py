@@ -33,7 +33,7 @@ from defenses.nnm import nearest_neighbor_mixing
 from defenses.norm_bound import NormBound
 from defenses.trimmed_mean import TrimmedMean, trimmed_mean
 from robustfl.errors import ConfigError
-from robustfl.linalg import pairwise_sq_distances
+from robustfl.linalg import lowest_scores, median_norm_row, pairwise_sq_distances
 
 
 def t(rows):
@@ -194,6 +194,20 @@ def test_krum_multikrum_bulyan_nnm_match_loop_references(seed):
         rtol=1e-5,
         atol=1e-6,
     )
+
+
+def test_reference_row_and_lowest_scores_by_hand():
+    """The centering row: among usable rows sorted by norm (1, 1, 3, 5 at rows 1, 4, 3, 0),
+    the lower middle, equal norms in index order -> row 4; the unusable row 2 does not count.
+    Multi-Krum's pick: the m lowest scores, ties to the lower index, returned sorted."""
+    norms = torch.tensor([5.0, 1.0, 0.0, 3.0, 1.0])
+    usable = torch.tensor([True, True, False, True, True])
+    assert median_norm_row(norms, usable) == 4
+    assert median_norm_row(norms.numpy(), usable.numpy()) == 4
+    assert median_norm_row(norms, torch.tensor([True, False, False, True, False])) == 3
+    scores = torch.tensor([2.0, 1.0, 1.0, 3.0, 1.0])
+    assert lowest_scores(scores, 2).tolist() == [1, 2]
+    assert lowest_scores(scores, 4).tolist() == [0, 1, 2, 4]
 
 
 @pytest.mark.parametrize("seed", range(8))
