@@ -39,23 +39,30 @@ def alie_z(n: int, f: int, formula: ZFormula = "paper") -> float:
 
 
 class ALIE(Attack):
-    """Every Byzantine client sends ``mu - z * sigma`` (coordinate-wise mean and std of the
-    observed honest updates).
+    """Every Byzantine client sends ``mu + sign * z * sigma``: the coordinate-wise mean and std
+    of the observed honest pseudo-gradients, moved ``z`` standard deviations.
+
+    ``sign = -1`` (default) is the published attack: ``mu - z * sigma`` on gradients, as the ALIE
+    authors' code (``DriftAttack``) and Karimireddy, He and Jaggi's code (on momentum vectors),
+    Blades and FLPoison apply it. ``sign = +1`` is ByzFL's ``ALittleIsEnough``
+    (``mu + tau * sigma``). Unlike IPM or sign flipping, ALIE does not commute with negating
+    the rows, so applying the published formula to model deltas instead of gradients turns it
+    into ``sign = +1``, a much weaker attack in some settings (``docs/conventions.md``).
 
     Args:
         z: a fixed value (ByzFL fixes 1.5), or ``None`` for the formula.
         z_formula: ``"paper"`` (default) or ``"bucketing"``; see :func:`alie_z`.
+        sign: ``-1`` (default, the published direction) or ``+1`` (ByzFL).
         unbiased: sample (default) or population std.
         knowledge: ``omniscient`` (default, as in the paper's experiments and its followers)
-            or ``local`` (statistics of the Byzantine clients' own honest updates).
+            or ``local`` (statistics of the Byzantine clients' own honest pseudo-gradients).
     """
-
-    poisons_updates = True
 
     def __init__(
         self,
         z: float | None = None,
         z_formula: ZFormula = "paper",
+        sign: int = -1,
         unbiased: bool = True,
         knowledge: str = "omniscient",
     ) -> None:
@@ -64,17 +71,19 @@ class ALIE(Attack):
             raise ConfigError(
                 f"attack.z_formula={z_formula!r} is invalid: use 'paper' or 'bucketing'."
             )
-        self.z, self.z_formula, self.unbiased = z, z_formula, unbiased
+        if sign not in (-1, 1):
+            raise ConfigError(f"attack.sign={sign!r} is invalid: use -1 (the paper) or 1 (ByzFL).")
+        self.z, self.z_formula, self.sign, self.unbiased = z, z_formula, sign, unbiased
 
     def check(self, num_clients: int, num_byzantine: int) -> None:
         if self.z is None and num_byzantine:
             alie_z(num_clients, num_byzantine, self.z_formula)
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         z = (
             self.z
             if self.z is not None
             else alie_z(ctx.num_clients, ctx.num_byzantine, self.z_formula)
         )
         mu, sigma = mean_and_std(self.observed(honest, byzantine), self.unbiased)
-        return repeat_row(mu - z * sigma, len(byzantine))
+        return repeat_row(mu + (self.sign * z) * sigma, len(byzantine))

@@ -62,7 +62,6 @@ class Backdoor(Attack):
             raise ConfigError(f"attack.trigger_size={trigger_size} is invalid: it must be >= 1.")
         self.target, self.fraction, self.boost = target, fraction, boost
         self.trigger_size, self.trigger_value = trigger_size, trigger_value
-        self.poisons_updates = boost != 1.0
 
     def bind(self, num_classes: int, input_shape: tuple[int, ...], input_max: float) -> None:
         super().bind(num_classes, input_shape, input_max)
@@ -86,14 +85,19 @@ class Backdoor(Attack):
         self, x: Tensor, y: Tensor, generator: torch.Generator
     ) -> tuple[Tensor, Tensor]:
         count = round(self.fraction * len(y))
+        if count == 0:  # a backdoor that stamps nothing would silently be no attack
+            raise ConfigError(
+                f"attack.fraction={self.fraction} of a Byzantine client's {len(y)} samples rounds "
+                "to 0 poisoned samples: raise attack.fraction or give the clients more data."
+            )
         chosen = torch.randperm(len(y), generator=generator)[:count]
         x, y = x.clone(), y.clone()
         x[chosen] = stamp(x[chosen], self.trigger_size, self.value)
         y[chosen] = self.target
         return x, y
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
-        return self.boost * byzantine
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+        return byzantine if self.boost == 1.0 else self.boost * byzantine
 
     def backdoor_test_set(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         keep = y != self.target

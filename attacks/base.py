@@ -1,9 +1,19 @@
 """The attack contract.
 
 An attack may poison a Byzantine client's local data once before training
-(:meth:`Attack.poison_data`), replace the Byzantine rows of every round's update matrix
-(:meth:`Attack.poison_updates`), or both. Attacks see updates as ``(rows, d)`` matrices of
-model deltas ``theta_local - theta_global``; they never import a particular defense.
+(:meth:`Attack.poison_data`), replace the Byzantine rows of every round (:meth:`Attack.poison_gradients`),
+or both. The engine calls whichever of the two a subclass overrides; nothing else needs to be
+declared.
+
+**The space attacks work in.** A client's *update* is its model delta
+``theta_local - theta_global``. Attacks never see updates: they see and return
+*pseudo-gradients* ``g = theta_global - theta_local = -update``. For one local SGD step at
+learning rate ``lr`` that is ``lr`` times the minibatch gradient; with worker momentum, ``lr``
+times the momentum buffer. This is the space in which the papers define their attacks
+(gradients or momentum vectors), so a formula such as ALIE's ``mu - z * sigma`` is written
+here exactly as published. Only the sign matters: every attack in the catalog is homogeneous
+in its input's scale. The engine negates the rows on the way in and out (see
+``docs/conventions.md``).
 """
 
 from __future__ import annotations
@@ -23,13 +33,10 @@ class Attack:
     """Honest behaviour; subclasses override what they poison.
 
     Args:
-        knowledge: ``"omniscient"``: the attacker sees the honest updates of the round (the
-            threat model of ALIE, IPM and min-max); ``"local"``: only the updates its own
+        knowledge: ``"omniscient"``: the attacker sees the honest pseudo-gradients of the round
+            (the threat model of ALIE, IPM and min-max); ``"local"``: only those its own
             clients computed honestly. :meth:`observed` returns the rows an attack may use.
     """
-
-    #: True when the attack changes the updates; the engine skips the call otherwise.
-    poisons_updates: bool = False
 
     def __init__(self, knowledge: Knowledge = "omniscient") -> None:
         if knowledge not in ("omniscient", "local"):
@@ -37,6 +44,14 @@ class Attack:
                 f"attack.knowledge={knowledge!r} is invalid: use 'omniscient' or 'local'."
             )
         self.knowledge = knowledge
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "poison_updates" in vars(cls):  # the name before the pseudo-gradient contract
+            raise TypeError(
+                f"{cls.__qualname__} defines poison_updates: the method is poison_gradients, and "
+                "its rows are pseudo-gradients (minus the model deltas); see attacks/base.py."
+            )
 
     def bind(self, num_classes: int, input_shape: tuple[int, ...], input_max: float) -> None:
         """Learn the data set's facts before any poisoning (the engine calls this once):
@@ -56,8 +71,9 @@ class Attack:
         """Data poisoning of one Byzantine client's local data ``x: (m, ...)``, ``y: (m,)``."""
         return x, y
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
-        """Model poisoning: ``honest (h, d)``, ``byzantine (f, d)`` -> new ``(f, d)`` rows."""
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+        """Model poisoning: the honest pseudo-gradients ``(h, d)`` and those the Byzantine
+        clients computed honestly ``(f, d)`` -> the ``(f, d)`` pseudo-gradients they send."""
         return byzantine
 
     def backdoor_test_set(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor] | None:
@@ -66,7 +82,7 @@ class Attack:
         return None
 
     def observed(self, honest: Tensor, byzantine: Tensor) -> Tensor:
-        """The updates this attacker can see, by its knowledge level: ``(rows, d)``."""
+        """The rows this attacker can see, by its knowledge level: ``(rows, d)``."""
         return honest if self.knowledge == "omniscient" and len(honest) else byzantine
 
     def state_dict(self) -> dict:
@@ -75,6 +91,11 @@ class Attack:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+
+def overrides(attack: Attack, method: str) -> bool:
+    """Whether ``attack``'s class overrides the :class:`Attack` method named ``method``."""
+    return getattr(type(attack), method) is not getattr(Attack, method)
 
 
 # The deviations of this many bytes of rows (at least one row) are squared together: a block
@@ -113,5 +134,5 @@ def mean_and_std(rows: Tensor, unbiased: bool = True) -> tuple[Tensor, Tensor]:
 
 
 def repeat_row(row: Tensor, count: int) -> Tensor:
-    """``(d,)`` -> ``(count, d)``: every Byzantine client sends the same crafted update."""
+    """``(d,)`` -> ``(count, d)``: every Byzantine client sends the same crafted row."""
     return row.unsqueeze(0).expand(count, -1).clone()

@@ -1,6 +1,11 @@
 """Local model poisoning attacks of Fang, Cao, Jia and Gong (2020, USENIX Security): the
 attack on Krum and the attack on trimmed mean / median, both directed against the sign of
-the honest mean (their full-knowledge setting, in update space: the global model is 0)."""
+the honest mean (their full-knowledge setting).
+
+The paper crafts local models against the direction in which each parameter changes; here
+the same construction runs on pseudo-gradients (the global model is the origin). Both attacks
+commute with negating every row (the crafted values mirror with the honest ones, and the
+ranges' factor ``b`` with them), so the result is the paper's attack in either space."""
 
 from __future__ import annotations
 
@@ -82,8 +87,6 @@ class Fang(Attack):
             the Byzantine clients' own honest updates stand in for the honest ones).
     """
 
-    poisons_updates = True
-
     def __init__(
         self,
         variant: Variant = "trimmed_mean",
@@ -101,7 +104,7 @@ class Fang(Attack):
         self.variant, self.b, self.tol = variant, b, tol
         self.last_lambda: float | None = None
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         rows = self.observed(honest, byzantine)
         if self.variant == "krum":
             crafted, self.last_lambda = fang_krum(rows, len(byzantine), ctx.num_byzantine, self.tol)

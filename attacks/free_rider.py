@@ -10,11 +10,9 @@ from robustfl.context import RoundContext
 class FreeRider(Attack):
     """Every Byzantine client sends a zero update (as if it did no training at all)."""
 
-    poisons_updates = True  # the engine only calls poison_updates when this is True
-
     def __init__(self, knowledge: str = "local") -> None:
         super().__init__(knowledge)
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
-        # (f, d) in, (f, d) out. Randomness, if any, must come from ctx.generator.
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+        # (f, d) pseudo-gradients in and out; randomness, if any, from ctx.generator.
         return torch.zeros_like(byzantine)

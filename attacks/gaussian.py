@@ -14,12 +14,11 @@ class Gaussian(Attack):
     """Byzantine rows drawn from ``N(center, std^2 I)``.
 
     Args:
-        std: standard deviation, in update units. Blanchard et al. used 200 on raw gradients;
-            the default 1.0 suits model deltas of a learning rate near 0.05.
-        center: ``"zero"`` (the paper) or ``"mean"``: around the mean of the observed updates.
+        std: standard deviation, in pseudo-gradient units (those of the model deltas; a raw
+            gradient times the client learning rate). Blanchard et al. used 200 on raw
+            gradients; the default 1.0 suits a learning rate near 0.05.
+        center: ``"zero"`` (the paper) or ``"mean"``: around the mean of the observed rows.
     """
-
-    poisons_updates = True
 
     def __init__(
         self, std: float = 1.0, center: Literal["zero", "mean"] = "zero", knowledge: str = "local"
@@ -31,7 +30,7 @@ class Gaussian(Attack):
             raise ConfigError(f"attack.center={center!r} is invalid: use 'zero' or 'mean'.")
         self.std, self.center = std, center
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         noise = torch.randn(byzantine.shape, generator=ctx.generator).to(byzantine)
         rows = self.std * noise
         if self.center == "mean":

@@ -9,7 +9,8 @@ from robustfl.errors import ConfigError
 
 class IPM(Attack):
     """Every Byzantine client sends ``-epsilon * mu`` (``mu`` the mean of the observed honest
-    updates), making the aggregate's inner product with the true direction small or negative.
+    pseudo-gradients), making the aggregate's inner product with the true gradient small or
+    negative. Linear in the rows, so the same in gradient and update space.
 
     Args:
         epsilon: the paper's small-epsilon setting 0.1 (default; it defeats Krum and median,
@@ -18,14 +19,12 @@ class IPM(Attack):
             FLPoison 0.1.
     """
 
-    poisons_updates = True
-
     def __init__(self, epsilon: float = 0.1, knowledge: str = "omniscient") -> None:
         super().__init__(knowledge)
         if epsilon <= 0:
             raise ConfigError(f"attack.epsilon={epsilon} is invalid: it must be > 0.")
         self.epsilon = epsilon
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         mu = self.observed(honest, byzantine).mean(dim=0)
         return repeat_row(-self.epsilon * mu, len(byzantine))

@@ -21,22 +21,29 @@ def honest_client_ids(ctx: RoundContext) -> Tensor:
     return ids.cpu()[~is_byz]
 
 
-class Mimic(Attack):
-    """Every Byzantine client copies one honest client's update, over-representing it (harmful
-    on heterogeneous data, invisible to any outlier test).
+def power_step(honest: Tensor, mu: Tensor, z: Tensor) -> Tensor:
+    """``sum_i <h_i - mu, z> (h_i - mu)``, normalized: one power-iteration step towards the
+    top principal direction of ``honest (h, d)`` around ``mu (d,)``, from ``z (d,)``."""
+    centered = honest - mu
+    step = centered.T @ (centered @ z)
+    return step / torch.linalg.vector_norm(step).clamp(min=torch.finfo(step.dtype).tiny)
 
-    The victim is the honest client with the largest projection on the direction of largest
-    variance of the honest updates, as in the paper: during the first ``warmup`` rounds that
-    direction ``z`` is refined by one power-iteration step per round
-    (``z <- sum_i <h_i - mu, z> (h_i - mu)``, normalized) and the victim re-chosen; afterwards
-    the victim is fixed (falling back to the current best while it does not participate).
+
+class Mimic(Attack):
+    """Every Byzantine client copies one honest client's pseudo-gradient, over-representing it
+    (harmful on heterogeneous data, invisible to any outlier test).
+
+    The victim is chosen as in the authors' code (``MimicVariantAttacker``): in round 0,
+    ``mu`` is the honest mean and ``z`` one power-iteration step (:func:`power_step`) from a
+    random vector; in each warm-up round ``t = 1 .. warmup - 1`` both become running averages,
+    ``mu <- (t mu + mean_t) / (t + 1)`` and ``z <- normalize((t z + power_step(mu, z)) / (t + 1))``.
+    Every warm-up round copies the honest row with the largest ``<h_i, z>``; after the warm-up
+    that client stays the victim (while it does not participate, the current best stands in).
 
     Args:
         victim: a fixed honest client id instead of the heuristic.
-        warmup: rounds of direction estimation (the paper's code uses 1).
+        warmup: rounds of direction estimation (``args.mimic_warmup`` in the authors' code).
     """
-
-    poisons_updates = True
 
     def __init__(
         self, victim: int | None = None, warmup: int = 1, knowledge: str = "omniscient"
@@ -49,35 +56,50 @@ class Mimic(Attack):
         if warmup < 1:
             raise ConfigError(f"attack.warmup={warmup} is invalid: it must be >= 1.")
         self.victim, self.warmup = victim, warmup
+        self.mu: Tensor | None = None
         self.direction: Tensor | None = None
         self.chosen: int | None = None
-        self._rounds_seen = 0
+        self.rounds_seen = 0
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
-        ids = honest_client_ids(ctx)
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+        ids = honest_client_ids(ctx).tolist()
         if self.victim is not None:
-            if self.victim not in ids.tolist():
+            if self.victim not in ids:
                 raise ConfigError(
                     f"attack.victim={self.victim} is not an honest participating "
-                    f"client this round (honest ids: {ids.tolist()})."
+                    f"client this round (honest ids: {ids})."
                 )
-            return repeat_row(honest[ids.tolist().index(self.victim)], len(byzantine))
-        centered = honest - honest.mean(dim=0)
-        warming_up = self._rounds_seen < self.warmup
-        if warming_up or self.direction is None:
-            z = self.direction
-            if z is None:
-                z = torch.randn(honest.shape[1], generator=ctx.generator).to(honest)
-            z = centered.T @ (centered @ z)
-            self.direction = z / torch.linalg.vector_norm(z).clamp(min=1e-30)
-        if warming_up or self.chosen not in ids.tolist():
-            self.chosen = int(ids[int(torch.argmax(centered @ self.direction))])
-        self._rounds_seen += 1
-        return repeat_row(honest[ids.tolist().index(self.chosen)], len(byzantine))
+            return repeat_row(honest[ids.index(self.victim)], len(byzantine))
+        t = self.rounds_seen
+        if t < self.warmup:
+            self._estimate(honest, ctx.generator)
+        if t < self.warmup or self.chosen not in ids:
+            self.chosen = ids[int(torch.argmax(honest @ self.direction))]
+        self.rounds_seen += 1
+        return repeat_row(honest[ids.index(self.chosen)], len(byzantine))
+
+    def _estimate(self, honest: Tensor, generator: torch.Generator) -> None:
+        """Round ``t`` of the warm-up: update the running ``mu`` and ``direction``."""
+        t = self.rounds_seen
+        mean = honest.mean(dim=0)
+        if t == 0:
+            self.mu = mean
+            start = torch.randn(honest.shape[1], generator=generator).to(honest)
+            self.direction = power_step(honest, self.mu, start)
+            return
+        self.mu = (t * self.mu + mean) / (t + 1)
+        z = (t * self.direction + power_step(honest, self.mu, self.direction)) / (t + 1)
+        self.direction = z / torch.linalg.vector_norm(z).clamp(min=torch.finfo(z.dtype).tiny)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"direction": self.direction, "chosen": self.chosen, "rounds": self._rounds_seen}
+        return {
+            "mu": self.mu,
+            "direction": self.direction,
+            "chosen": self.chosen,
+            "rounds": self.rounds_seen,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.direction, self.chosen = state.get("direction"), state.get("chosen")
-        self._rounds_seen = int(state.get("rounds", 0))
+        self.mu, self.direction = state.get("mu"), state.get("direction")
+        self.chosen = state.get("chosen")
+        self.rounds_seen = int(state.get("rounds", 0))

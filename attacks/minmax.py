@@ -20,8 +20,10 @@ Search = Literal["halving", "exact"]
 
 
 def perturbation_vector(rows: Tensor, kind: Perturbation, unbiased: bool = True) -> Tensor:
-    """The direction ``p (d,)`` added to the mean: ``-mu/||mu||`` (``"unit_vec"``), ``-sigma``
-    (``"std"``) or ``-sign(mu)`` (``"sign"``)."""
+    """The direction ``p (d,)`` added to the mean of the pseudo-gradients ``rows (m, d)``:
+    ``-mu/||mu||`` (``"unit_vec"``), ``-sigma`` (``"std"``) or ``-sign(mu)`` (``"sign"``), the
+    authors' "inverse unit vector", "inverse standard deviation" and "inverse sign". The first
+    and last flip with the rows; ``-sigma`` does not, which is why attacks work on gradients."""
     if kind == "std":
         return -mean_and_std(rows, unbiased)[1]
     mu = rows.mean(dim=0)
@@ -74,9 +76,10 @@ def largest_root(c: float, b: Tensor, a: Tensor) -> Tensor:
 
 
 class MinMax(Attack):
-    """Every Byzantine client sends ``mu + gamma * p`` with the largest ``gamma`` such that its
-    largest distance to an honest update stays within the largest distance between two honest
-    updates: ``max_i ||m - h_i|| <= max_{i,j} ||h_i - h_j||``.
+    """Every Byzantine client sends ``mu + gamma * p`` (pseudo-gradients, as the paper's
+    gradients) with the largest ``gamma`` such that its largest distance to an honest row stays
+    within the largest distance between two honest rows:
+    ``max_i ||m - h_i|| <= max_{i,j} ||h_i - h_j||``.
 
     Args:
         gamma: a fixed scale, or ``None`` (default) to search for it.
@@ -87,10 +90,8 @@ class MinMax(Attack):
         gamma_init, tol: the halving search's start and stopping step.
         unbiased: sample or population std for ``perturbation="std"``.
         knowledge: ``omniscient`` (default, the paper's full-knowledge setting) or ``local``
-            (the Byzantine clients' own honest updates stand in for the honest ones).
+            (the Byzantine clients' own honest rows stand in for the honest ones).
     """
-
-    poisons_updates = True
 
     def __init__(
         self,
@@ -136,7 +137,7 @@ class MinMax(Attack):
             return max(0.0, self.exact_gamma(model, bound))
         return halving_search(lambda g: self.feasible(model, bound, g), self.gamma_init, self.tol)
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         rows = self.observed(honest, byzantine)
         mu = rows.mean(dim=0)
         p = perturbation_vector(rows, self.perturbation, self.unbiased)

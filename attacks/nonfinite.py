@@ -11,10 +11,9 @@ from robustfl.errors import ConfigError
 
 
 class NonFinite(Attack):
-    """Every Byzantine row is all NaN (``value="nan"``), all +inf (``"inf"``) or all -inf
-    (``"-inf"``). A robust rule must treat such rows as outliers."""
-
-    poisons_updates = True
+    """Every Byzantine pseudo-gradient is all NaN (``value="nan"``), all +inf (``"inf"``) or all
+    -inf (``"-inf"``), so the update the server receives is NaN, -inf or +inf. A robust rule
+    must treat such rows as outliers."""
 
     def __init__(self, value: Literal["nan", "inf", "-inf"] = "nan", knowledge: str = "local"):
         super().__init__(knowledge)
@@ -22,5 +21,5 @@ class NonFinite(Attack):
             raise ConfigError(f"attack.value={value!r} is invalid: use 'nan', 'inf' or '-inf'.")
         self.value = float(value)
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         return torch.full_like(byzantine, self.value)

@@ -8,12 +8,11 @@ from robustfl.errors import ConfigError
 
 
 class SignFlip(Attack):
-    """Each Byzantine client sends ``-scale`` times the update it computed honestly.
+    """Each Byzantine client sends ``-scale`` times the pseudo-gradient it computed honestly
+    (linear: the same in gradient and update space).
 
     Needs no knowledge of the honest clients (``knowledge`` is ``local``).
     """
-
-    poisons_updates = True
 
     def __init__(self, scale: float = 1.0, knowledge: str = "local") -> None:
         super().__init__(knowledge)
@@ -21,5 +20,5 @@ class SignFlip(Attack):
             raise ConfigError(f"attack.scale={scale} is invalid: it must be > 0.")
         self.scale = scale
 
-    def poison_updates(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
+    def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         return -self.scale * byzantine

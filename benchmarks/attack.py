@@ -47,7 +47,7 @@ def run(quick: bool = False) -> list[dict]:
         for project in (False, True):
             attack = Adaptive(shape="alie", search="line", project=project)
             times[project] = median_time(
-                lambda a=attack, c=ctx: a.poison_updates(honest, byzantine, c), repeat=5
+                lambda a=attack, c=ctx: a.poison_gradients(honest, byzantine, c), repeat=5
             )
             gammas[project] = attack.last_gamma
         rows.append(

@@ -8,8 +8,9 @@ A :class:`Defense` maps a round's update matrix ``(n, d)`` to one aggregate ``(d
 Optional hooks, used by the engine and ignored by rules that do not need them:
 
 - :meth:`Defense.check` -- preconditions on ``n`` (called before training starts);
-- :meth:`Defense.prepare` -- per-round information beyond the matrix (sample counts, the
-  server's own update for FLTrust when ``needs_server_update`` is true);
+- :meth:`Defense.prepare` -- per-round information beyond the matrix (sample counts, client
+  ids, the round's random generator, ``ctx.server_update()`` for the server's own update on
+  its root set of ``root_size`` samples, as FLTrust needs);
 - :meth:`Defense.reset`, :meth:`Defense.state_dict`, :meth:`Defense.load_state_dict` -- for
   stateful rules (centered clipping, FoolsGold);
 - ``last_selected`` -- diagnostics: the input rows the last call selected, or ``None``;
@@ -27,6 +28,7 @@ import importlib
 import inspect
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from robustfl.context import RoundContext
@@ -34,15 +36,23 @@ from robustfl.errors import ConfigError
 
 
 class Defense:
-    """Base class of aggregation rules: ``__call__(updates: (n, d)) -> (d,)``."""
+    """Base class of aggregation rules: ``__call__(updates: (n, d)) -> (d,)``.
 
-    #: Set to True by rules that need ``ctx.server_update`` in :meth:`prepare` (FLTrust).
-    needs_server_update: bool = False
+    Randomized rules draw only from ``self.generator``, which :meth:`prepare` sets to the round's
+    defense stream (and :meth:`simulate` to an attacker's).
+    """
+
+    #: Samples in the server's clean root set behind ``ctx.server_update()`` (FLTrust sets it).
+    root_size: int | None = None
     #: ``rule(U Q) = rule(U) Q`` for orthogonal ``Q`` (see the module docstring).
     rotation_equivariant: bool = False
+    #: True for rules that use per-client facts of the rows (sample counts, client ids), which
+    #: a pre-aggregator that merges rows (bucketing) would make wrong.
+    uses_client_identity: bool = False
 
     def __init__(self) -> None:
         self.last_selected: Tensor | None = None
+        self.generator: torch.Generator | None = None
 
     def __call__(self, updates: Tensor) -> Tensor:
         raise NotImplementedError
@@ -51,7 +61,12 @@ class Defense:
         """Raise :class:`~robustfl.errors.ConfigError` if the rule cannot aggregate ``n`` rows."""
 
     def prepare(self, ctx: RoundContext) -> None:
-        """Receive this round's context before :meth:`__call__` (default: ignore it)."""
+        """Receive this round's context before :meth:`__call__` (default: its generator)."""
+        self.set_generator(ctx.defense_generator)
+
+    def set_generator(self, generator: torch.Generator | None) -> None:
+        """The generator randomized steps draw from (propagated through pipelines)."""
+        self.generator = generator
 
     def reset(self) -> None:
         """Forget all state, for a new run."""
@@ -64,16 +79,24 @@ class Defense:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
-    def simulate(self, updates: Tensor) -> Tensor:
-        """Aggregate ``updates`` without changing this object's state (for adaptive attacks)."""
-        return copy.deepcopy(self)(updates)
+    def simulate(self, updates: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Aggregate ``updates`` on a copy, leaving this object's state alone (for adaptive
+        attacks). Randomized steps of the copy draw from ``generator`` (the attacker's own
+        stream); with ``None`` from a copy of this round's server generator, i.e. with the
+        server's own draws."""
+        twin = copy.deepcopy(self)
+        if generator is not None:
+            twin.set_generator(generator)
+        return twin(updates)
 
 
 class PreAggregator:
-    """Base class of pre-aggregators: ``__call__(updates: (n, d)) -> (m, d)``."""
+    """Base class of pre-aggregators: ``__call__(updates: (n, d)) -> (m, d)``; randomized ones
+    draw from ``self.generator`` as defenses do."""
 
     #: ``stage(U Q) = stage(U) Q`` for orthogonal ``Q`` (see the module docstring).
     rotation_equivariant: bool = False
+    generator: torch.Generator | None = None
 
     def __call__(self, updates: Tensor) -> Tensor:
         raise NotImplementedError
@@ -86,7 +109,11 @@ class PreAggregator:
         """Raise :class:`~robustfl.errors.ConfigError` if ``n`` input rows are not allowed."""
 
     def prepare(self, ctx: RoundContext) -> None:
-        """Receive this round's context (for randomized pre-aggregators such as bucketing)."""
+        """Receive this round's context (default: its generator)."""
+        self.set_generator(ctx.defense_generator)
+
+    def set_generator(self, generator: torch.Generator | None) -> None:
+        self.generator = generator
 
 
 class Pipeline(Defense):
@@ -96,8 +123,7 @@ class Pipeline(Defense):
         super().__init__()
         self.pre = list(pre)
         self.rule = rule
-        self.needs_server_update = rule.needs_server_update
-        self.root_size = getattr(rule, "root_size", None)
+        self.root_size = rule.root_size
         self.rotation_equivariant = rule.rotation_equivariant and all(
             stage.rotation_equivariant for stage in self.pre
         )
@@ -113,6 +139,12 @@ class Pipeline(Defense):
     def check(self, n: int) -> None:
         for stage in self.pre:
             stage.check(n)
+            if self.rule.uses_client_identity and stage.output_rows(n) != n:
+                raise ConfigError(
+                    f"defense={type(self.rule).__name__} uses per-client facts of its rows "
+                    f"(sample counts or client ids), but {type(stage).__name__} merges rows "
+                    "before it: drop that pre-aggregator or use the rule without weighting."
+                )
             n = stage.output_rows(n)
         self.rule.check(n)
 
@@ -130,6 +162,11 @@ class Pipeline(Defense):
         for stage in self.pre:
             stage.prepare(ctx)
         self.rule.prepare(ctx)
+
+    def set_generator(self, generator: torch.Generator | None) -> None:
+        for stage in self.pre:
+            stage.set_generator(generator)
+        self.rule.set_generator(generator)
 
     def reset(self) -> None:
         super().reset()

@@ -44,13 +44,9 @@ class Bucketing(PreAggregator):
         if s < 1:
             raise ConfigError(f"defense.pre bucketing: s={s} is invalid: it must be >= 1.")
         self.s = s
-        self._generator: torch.Generator | None = None
 
     def output_rows(self, n: int) -> int:
         return math.ceil(n / self.s)
 
-    def prepare(self, ctx) -> None:
-        self._generator = ctx.defense_generator
-
     def __call__(self, updates: Tensor) -> Tensor:
-        return bucketing(updates, self.s, self._generator)
+        return bucketing(updates, self.s, self.generator)

@@ -70,7 +70,6 @@ class DnC(Defense):
         if c <= 0:
             raise ConfigError(f"defense.c={c} is invalid: it must be > 0.")
         self.f, self.niters, self.c, self.b = f, niters, c, b
-        self._generator: torch.Generator | None = None
 
     def check(self, n: int) -> None:
         if not n - int(self.c * self.f) >= 1:
@@ -79,10 +78,7 @@ class DnC(Defense):
                 "lower defense.c or defense.f."
             )
 
-    def prepare(self, ctx) -> None:
-        self._generator = ctx.defense_generator
-
     def __call__(self, updates: Tensor) -> Tensor:
-        out, kept = dnc(updates, self.f, self._generator, self.niters, self.c, self.b)
+        out, kept = dnc(updates, self.f, self.generator, self.niters, self.c, self.b)
         self.last_selected = kept.cpu()
         return out

@@ -37,11 +37,8 @@ class FLTrust(Defense):
 
     The engine trains the server on ``root_size`` samples drawn (seeded) from the clean
     training pool, as the paper samples its root set from the clients' clean data, with the
-    clients' local-training settings, and passes the result through ``ctx.server_update`` (the
-    documented hook: ``needs_server_update = True``).
+    clients' local-training settings; ``ctx.server_update()`` returns that update.
     """
-
-    needs_server_update = True
 
     def __init__(self, root_size: int = 100) -> None:
         super().__init__()
@@ -52,8 +49,7 @@ class FLTrust(Defense):
         self.last_scores: Tensor | None = None
 
     def prepare(self, ctx) -> None:
-        if ctx.server_update is None:
-            raise RuntimeError("FLTrust needs ctx.server_update; the engine did not provide it.")
+        super().prepare(ctx)
         self._server_update = ctx.server_update()
 
     def __call__(self, updates: Tensor) -> Tensor:

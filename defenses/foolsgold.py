@@ -16,10 +16,14 @@ from robustfl.linalg import finite_rows, zero_nonfinite
 def foolsgold_weights(history: Tensor, kappa: float = 1.0) -> Tensor:
     """FoolsGold learning-rate weights ``(n,)`` from per-client update histories ``(n, d)``.
 
-    Algorithm 1 of the paper: pairwise cosine similarities of the histories; each client's
-    maximum similarity ``v_i``; pardoning (``cs_ij *= v_i / v_j`` when ``v_j > v_i``);
-    ``a_i = 1 - max_j cs_ij`` clipped to [0, 1]; rescaled so the largest is 1 (which becomes
-    0.99); then the logit ``kappa * (ln(a / (1 - a)) + 0.5)`` clipped to [0, 1].
+    Algorithm 1 of the paper, as the authors' code computes it (``model_aggregator.foolsgold``):
+    pairwise cosine similarities of the histories less the identity (``cs - I``: a client's
+    similarity to itself counts as 0, so a client unlike every other has ``v_i = 0``, not a
+    negative maximum); each client's maximum similarity ``v_i``; pardoning
+    (``cs_ij *= v_i / v_j`` when ``v_j > v_i``); ``a_i = 1 - max_j cs_ij`` clipped to [0, 1];
+    rescaled so the largest is 1 (which becomes 0.99); then the logit
+    ``kappa * (ln(a / (1 - a)) + 0.5)`` clipped to [0, 1]. Where the authors' code would give
+    NaN (every ``a_i`` zero: all histories point the same way) the weights are 0.
     """
     n = len(history)
     if n == 1:
@@ -27,7 +31,7 @@ def foolsgold_weights(history: Tensor, kappa: float = 1.0) -> Tensor:
     norms = torch.linalg.vector_norm(history, dim=1).clamp(min=torch.finfo(history.dtype).tiny)
     unit = history / norms[:, None]
     cs = unit @ unit.T
-    cs.fill_diagonal_(-torch.inf)
+    cs.fill_diagonal_(0.0)
     v = cs.max(dim=1).values
     pardon = v[:, None] < v[None, :]  # cs_ij scaled by v_i / v_j when v_j > v_i
     cs = torch.where(pardon, cs * v[:, None] / v[None, :], cs)
@@ -62,7 +66,10 @@ class FoolsGold(Defense):
         self._ids: Tensor | None = None
         self.last_weights: Tensor | None = None
 
+    uses_client_identity = True
+
     def prepare(self, ctx) -> None:
+        super().prepare(ctx)
         self._ids = ctx.client_ids
 
     def __call__(self, updates: Tensor) -> Tensor:

@@ -127,7 +127,10 @@ class GeometricMedian(Defense):
         nu: smoothing (``max(nu, distance)`` in the weights), RFA's ``nu``.
         iterations: at most this many Weiszfeld steps (the bucketing paper used 8 with
             ``nu = 0.1``).
-        tol: stop when the objective's relative improvement falls below it.
+        tol: stop when the objective's relative improvement falls below it (as RFA's code
+            does). This bounds the objective's progress, not the distance to the minimiser:
+            at ``tol = 1e-6`` the estimate can still be of order ``1e-3`` (relative) away from
+            the exact geometric median; ``tol = 0`` with more ``iterations`` gets closer.
         weighted: weight clients by sample counts, as RFA does (``a_i = n_i``).
         init: ``mean`` (default) or ``zero``, the first estimate. With few iterations the
             start matters: ByzFL runs 3 iterations from zero with ``nu = 0.1``.
@@ -154,19 +157,16 @@ class GeometricMedian(Defense):
         if tol < 0:
             raise ConfigError(f"defense.tol={tol} is invalid: it must be >= 0.")
         self.nu, self.iterations, self.tol, self.weighted = nu, iterations, tol, weighted
+        self.uses_client_identity = weighted
         self._weights: Tensor | None = None
         self.last_iterations = 0
 
     def prepare(self, ctx) -> None:
+        super().prepare(ctx)
         self._weights = ctx.sample_counts if self.weighted else None
 
     def __call__(self, updates: Tensor) -> Tensor:
-        weights = (
-            self._weights
-            if (self._weights is not None and len(self._weights) == len(updates))
-            else None
-        )
         out, self.last_iterations = geometric_median(
-            updates, weights, self.nu, self.iterations, self.tol, self.init
+            updates, self._weights, self.nu, self.iterations, self.tol, self.init
         )
         return out

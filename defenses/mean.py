@@ -37,13 +37,12 @@ class Mean(Defense):
     def __init__(self, weighted: bool = False) -> None:
         super().__init__()
         self.weighted = weighted
+        self.uses_client_identity = weighted
         self._weights: Tensor | None = None
 
     def prepare(self, ctx: RoundContext) -> None:
+        super().prepare(ctx)
         self._weights = ctx.sample_counts if self.weighted else None
 
     def __call__(self, updates: Tensor) -> Tensor:
-        weights = self._weights
-        if weights is not None and len(weights) != len(updates):
-            weights = None  # rows were mixed by a pre-aggregator: counts no longer apply
-        return mean(updates, weights)
+        return mean(updates, self._weights)

@@ -27,15 +27,11 @@ class NormBound(Defense):
         if sigma < 0:
             raise ConfigError(f"defense.sigma={sigma} is invalid: it must be >= 0.")
         self.M, self.sigma = M, sigma
-        self._generator: torch.Generator | None = None
         self.rotation_equivariant = sigma == 0  # noise is drawn per coordinate
-
-    def prepare(self, ctx) -> None:
-        self._generator = ctx.defense_generator
 
     def __call__(self, updates: Tensor) -> Tensor:
         out = clipped_mean(updates, self.M)
         if self.sigma:
-            noise = torch.randn(out.shape, generator=self._generator, dtype=out.dtype)
+            noise = torch.randn(out.shape, generator=self.generator, dtype=out.dtype)
             out = out + self.sigma * noise.to(out.device)
         return out

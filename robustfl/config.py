@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from robustfl.errors import ConfigError
 
@@ -137,7 +137,7 @@ def validate(cfg: DictConfig) -> None:
     _require(
         cfg.threads >= 0, f"threads={cfg.threads} is invalid: use 0 (torch's default) or >= 1."
     )
-    for group in ("dataset", "partition", "model", "attack", "defense"):
+    for group in OPTION_GROUPS:
         node = cfg.get(group)
         _require(
             isinstance(node, DictConfig) and "_target_" in node,
@@ -185,6 +185,34 @@ def instantiate_option(node: Any, **kwargs: Any) -> Any:
 def clients_per_round(fl: DictConfig) -> int:
     """Participating clients per round: ``fl.clients_per_round``, or every client when null."""
     return fl.num_clients if fl.clients_per_round is None else int(fl.clients_per_round)
+
+
+OPTION_GROUPS = ("dataset", "partition", "model", "attack", "defense")
+
+
+def option_label(cfg: DictConfig, group: str) -> str:
+    """The name results are labelled with for ``group``: the option's ``name`` key, else the
+    option chosen on the command line (its file name), else its ``_target_``'s class name."""
+    node = cfg.get(group)
+    if node is not None and node.get("name"):
+        return str(node.name)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get(group)
+        if choice:
+            return str(choice)
+    target = node.get("_target_") if node is not None else None
+    return str(target).rsplit(".", 1)[-1].lower() if target else "?"
+
+
+def fill_option_names(cfg: DictConfig) -> None:
+    """Give every group option without a ``name`` key its :func:`option_label`, in place."""
+    with open_dict(cfg):
+        for group in OPTION_GROUPS:
+            node = cfg.get(group)
+            if isinstance(node, DictConfig) and not node.get("name"):
+                node.name = option_label(cfg, group)
 
 
 def defense_label(node: Any) -> str:

@@ -23,7 +23,8 @@ class RoundContext:
             matrices; calling it is side-effect free for stateless rules, see
             :meth:`defenses.base.Defense.simulate`).
         global_params: ``(d,)`` flattened global model before this round's step.
-        generator: the only source of randomness an attack may use this round.
+        generator: the only source of randomness an attack may use this round (also for its
+            simulations of the defense: ``defense.simulate(updates, ctx.generator)``).
         num_clients: ``n``, the rows of this round's update matrix.
         num_byzantine: ``f``, the Byzantine rows among them (participating this round).
         byzantine_rows: ``(f,)`` positions of the Byzantine rows in the ``(n, d)`` matrix.
@@ -32,8 +33,8 @@ class RoundContext:
             keep per-client history).
         defense_generator: the only source of randomness a defense may use this round
             (a stream of its own, so attacks and defenses never shift each other's draws).
-        server_update: when the defense asked for it (``Defense.needs_server_update``), a
-            callable returning the server's own ``(d,)`` update on its root data this round.
+        server_update: returns the server's own ``(d,)`` update on its clean root set this
+            round (trained on demand; the defense must declare ``root_size``).
     """
 
     round: int
@@ -46,4 +47,4 @@ class RoundContext:
     sample_counts: Tensor
     client_ids: Tensor | None = None
     defense_generator: torch.Generator | None = None
-    server_update: Callable[[], Tensor] | None = None
+    server_update: Callable[[], Tensor] | None = None  # None only outside the engine

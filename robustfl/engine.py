@@ -23,13 +23,15 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from attacks.base import Attack
+from attacks.base import Attack, overrides
 from defenses.base import Defense, build_defense
 from robustfl.checkpoint import load_checkpoint, save_checkpoint
 from robustfl.config import (
     clients_per_round,
     defense_label,
+    fill_option_names,
     instantiate_option,
+    option_label,
     to_container,
     validate,
 )
@@ -40,6 +42,7 @@ from robustfl.models import init_model
 from robustfl.partition import partition_hash
 from robustfl.results import SUMMARY_FILE, MetricsWriter, config_hash, write_json_atomic
 from robustfl.seeding import numpy_generator, stream_seed, torch_generator
+from robustfl.server import ServerOptimizer
 from robustfl.training import ClientData, LocalTrainer, ParamLayout, evaluate, sample_batch_indices
 
 log = logging.getLogger(__name__)
@@ -79,7 +82,7 @@ class Simulation:
     # State that evolves over rounds (what a checkpoint holds).
     global_params: Tensor
     client_momentum: Tensor | None
-    server_momentum: Tensor | None
+    server: ServerOptimizer
     generators: dict[str, torch.Generator] = field(default_factory=dict)
     updates: Tensor | None = None  # the (n, d) update matrix, reused every round
 
@@ -107,6 +110,14 @@ def setup(cfg: DictConfig) -> Simulation:
             f"attack._target_={cfg.attack._target_} did not build an attacks.base.Attack."
         )
     per_round = clients_per_round(fl)
+    if fl.num_byzantine == 0 and (
+        overrides(attack, "poison_data") or overrides(attack, "poison_gradients")
+    ):
+        raise ConfigError(
+            f"attack={option_label(cfg, 'attack')} is configured but fl.num_byzantine=0, so no "
+            "client would run it: set fl.num_byzantine >= 1, or use attack=none for the "
+            "attack-free baseline."
+        )
     attack.check(per_round, min(fl.num_byzantine, per_round))
     defense.check(per_round)
 
@@ -158,8 +169,8 @@ def setup(cfg: DictConfig) -> Simulation:
     dataset.x_test, dataset.y_test = dataset.x_test.to(device), dataset.y_test.to(device)
 
     root_data = None
-    if defense.needs_server_update:
-        root_size = min(int(getattr(defense, "root_size", 100)), len(dataset.y_train))
+    if defense.root_size is not None:
+        root_size = min(int(defense.root_size), len(dataset.y_train))
         if root_size < fl.batch_size:
             raise ConfigError(
                 f"defense.root_size={root_size} is smaller than "
@@ -172,6 +183,9 @@ def setup(cfg: DictConfig) -> Simulation:
         ).to(device)
 
     global_params = layout.flatten(model)
+    server = ServerOptimizer(
+        global_params, fl.server_lr, fl.server_momentum, fl.server_weight_decay
+    )
     return Simulation(
         cfg=cfg,
         device=device,
@@ -191,7 +205,7 @@ def setup(cfg: DictConfig) -> Simulation:
         client_momentum=torch.zeros(fl.num_clients, layout.d, device=device)
         if fl.momentum
         else None,
-        server_momentum=torch.zeros(layout.d, device=device) if fl.server_momentum else None,
+        server=server,
         generators={
             name: torch_generator(cfg.seed, name)
             for name in ("sampling", "batches", "attack", "defense", "server")
@@ -221,6 +235,11 @@ def server_update(sim: Simulation) -> Tensor:
     """The server's own ``(d,)`` update: local training on its root set from the global model,
     with the clients' settings (no momentum), for defenses such as FLTrust."""
     fl = sim.fl
+    if sim.root_data is None:
+        raise RuntimeError(
+            f"{type(sim.defense).__name__} called ctx.server_update() but declares no root_size: "
+            "set the class attribute root_size (the server's clean root set, in samples)."
+        )
     batches = sample_batch_indices(
         sim.root_data,
         torch.zeros(1, dtype=torch.long),
@@ -271,7 +290,7 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
         sample_counts=sim.data.sizes[clients.to(sim.device)].to(updates.dtype),
         client_ids=clients,
         defense_generator=sim.generators["defense"],
-        server_update=(lambda: server_update(sim)) if sim.root_data is not None else None,
+        server_update=lambda: server_update(sim),
     )
     # The defense learns the round first, so an adaptive attack can simulate it as it will run.
     tic = time.perf_counter()
@@ -279,17 +298,19 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
     timers["aggregate_s"] += time.perf_counter() - tic
 
     tic = time.perf_counter()
-    if len(byz_rows) and sim.attack.poisons_updates:
+    if len(byz_rows) and overrides(sim.attack, "poison_gradients"):
         dev_byz, dev_honest = byz_rows.to(sim.device), honest_rows.to(sim.device)
-        # index_select: half the time of updates[rows] here (2.9 against 6.2 ms for 800 rows)
-        honest, byzantine = updates.index_select(0, dev_honest), updates.index_select(0, dev_byz)
-        poisoned = sim.attack.poison_updates(honest, byzantine, ctx)
+        # Attacks work on pseudo-gradients, minus the updates (attacks/base.py). index_select
+        # copies the rows (half the time of updates[rows]); the negation is in place.
+        honest = updates.index_select(0, dev_honest).neg_()
+        byzantine = updates.index_select(0, dev_byz).neg_()
+        poisoned = sim.attack.poison_gradients(honest, byzantine, ctx)
         if poisoned.shape != (len(byz_rows), sim.layout.d):
             raise RuntimeError(
-                f"{type(sim.attack).__name__}.poison_updates returned shape {tuple(poisoned.shape)}, "
-                f"expected {(len(byz_rows), sim.layout.d)}."
+                f"{type(sim.attack).__name__}.poison_gradients returned shape "
+                f"{tuple(poisoned.shape)}, expected {(len(byz_rows), sim.layout.d)}."
             )
-        updates[dev_byz] = poisoned.to(updates.dtype)
+        updates[dev_byz] = poisoned.to(updates.dtype).neg()
     timers["attack_s"] += time.perf_counter() - tic
 
     tic = time.perf_counter()
@@ -299,12 +320,7 @@ def run_round(sim: Simulation, round_index: int, timers: dict[str, float]) -> Ro
     if selected is not None:
         byz_selected = int(torch.isin(selected.cpu(), byz_rows).sum())
     finite = bool(torch.isfinite(aggregate).all())
-    step = aggregate
-    if fl.server_weight_decay:  # as torch.optim.SGD on the server: -lr (-aggregate + wd theta)
-        step = aggregate - fl.server_weight_decay * sim.global_params
-    if sim.server_momentum is not None:
-        step = sim.server_momentum.mul_(fl.server_momentum).add_(aggregate)
-    sim.global_params.add_(step, alpha=fl.server_lr)
+    sim.server.step(aggregate)
     timers["aggregate_s"] += time.perf_counter() - tic
 
     error = float(
@@ -328,11 +344,11 @@ def evaluate_global(sim: Simulation) -> dict[str, float]:
 
 def _run_info(cfg: DictConfig) -> dict[str, Any]:
     return {
-        "attack": cfg.attack.get("name", "?"),
+        "attack": option_label(cfg, "attack"),
         "defense": defense_label(cfg.defense),
-        "dataset": cfg.dataset.get("name", "?"),
-        "partition": cfg.partition.get("name", "?"),
-        "model": cfg.model.get("name", "?"),
+        "dataset": option_label(cfg, "dataset"),
+        "partition": option_label(cfg, "partition"),
+        "model": option_label(cfg, "model"),
         "seed": int(cfg.seed),
         "num_clients": int(cfg.fl.num_clients),
         "num_byzantine": int(cfg.fl.num_byzantine),
@@ -369,7 +385,7 @@ def checkpoint_state(sim: Simulation, state: RunState, config_digest: str) -> di
         "run": {**state.__dict__},
         "global_params": sim.global_params.cpu(),
         "client_momentum": None if sim.client_momentum is None else sim.client_momentum.cpu(),
-        "server_momentum": None if sim.server_momentum is None else sim.server_momentum.cpu(),
+        "server": sim.server.state_dict(),
         "generators": {name: g.get_state() for name, g in sim.generators.items()},
         "attack": sim.attack.state_dict(),
         "defense": sim.defense.state_dict(),
@@ -381,8 +397,7 @@ def restore(sim: Simulation, saved: dict[str, Any]) -> RunState:
     sim.global_params.copy_(saved["global_params"])
     if sim.client_momentum is not None:
         sim.client_momentum.copy_(saved["client_momentum"])
-    if sim.server_momentum is not None:
-        sim.server_momentum.copy_(saved["server_momentum"])
+    sim.server.load_state_dict(saved["server"])
     for name, value in saved["generators"].items():
         sim.generators[name].set_state(value)
     sim.attack.load_state_dict(saved["attack"])
@@ -406,6 +421,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> dict[str, 
     started = time.perf_counter()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    fill_option_names(cfg)
     plain_config = to_container(cfg)
     digest = config_hash(plain_config)
     if cfg.resume:
@@ -417,7 +433,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> dict[str, 
     state = RunState()
     if cfg.resume:
         saved = load_checkpoint(run_dir)
-        if saved is not None and saved.get("config_hash") == digest:
+        if saved is not None and saved.get("config_hash") == digest and "server" in saved:
             state = restore(sim, saved)
             log.info("resuming %s at round %d", run_dir, state.next_round + 1)
     if tracker is not None:
@@ -548,7 +564,7 @@ def _progress(cfg: DictConfig, initial: int = 0):
         return None
     from tqdm.auto import tqdm
 
-    label = f"{cfg.attack.get('name', '?')} vs {cfg.defense.get('name', '?')}"
+    label = f"{option_label(cfg, 'attack')} vs {option_label(cfg, 'defense')}"
     return tqdm(
         total=cfg.fl.rounds, initial=initial, desc=label, unit="round", leave=False, disable=None
     )

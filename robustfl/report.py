@@ -83,10 +83,9 @@ def run_row(folder: Path) -> dict[str, Any]:
     accuracies = [h["accuracy"] for h in history if h.get("accuracy") is not None]
     return {
         "attack": summary.get("attack") or config.get("attack", {}).get("name"),
-        # From the config when there is one: it names the pre-aggregators too.
-        "defense": defense_label(config["defense"])
-        if config.get("defense")
-        else summary.get("defense"),
+        # The summary's label names the pre-aggregators too.
+        "defense": summary.get("defense")
+        or (defense_label(config["defense"]) if config.get("defense") else None),
         "dataset": summary.get("dataset") or config.get("dataset", {}).get("name"),
         "partition": summary.get("partition") or partition.get("name"),
         "partition_param": _partition_param(partition),

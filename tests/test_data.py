@@ -62,9 +62,28 @@ def test_missing_files_name_the_path_and_the_fix(tmp_path):
         load_cifar10(tmp_path)
 
 
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+@pytest.mark.skipif(
+    not (SHARED_MNIST / "train-images-idx3-ubyte.gz").exists(),
+    reason="the shared folder's official MNIST training files are not present",
+)
+def test_real_mnist_official_split():
+    data = load_mnist(SHARED_MNIST, seed=0)
+    assert (len(data.y_train), len(data.y_test)) == (60000, 10000)
+    assert np.bincount(data.y_train).tolist() == MNIST_TRAIN_COUNTS
+    assert np.bincount(data.y_test).tolist() == MNIST_TEST_COUNTS
+    assert data.x_train.shape[1:] == (1, 28, 28)
+
+
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="shared MNIST test files not present")
-def test_real_mnist_test_set_split():
-    data = load_mnist(SHARED_MNIST, test_fraction=0.2, seed=0)
+def test_real_mnist_test_set_split(tmp_path):
+    """With only the two test files, a stratified 8,000 / 2,000 split of the test set."""
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
+        (tmp_path / name).write_bytes((SHARED_MNIST / name).read_bytes())
+    data = load_mnist(tmp_path, test_fraction=0.2, seed=0)
     assert (len(data.y_train), len(data.y_test)) == (8000, 2000)
     counts = np.bincount(np.concatenate([data.y_train, data.y_test]))
-    assert counts.tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert counts.tolist() == MNIST_TEST_COUNTS

@@ -23,7 +23,7 @@ from defenses.centered_clipping import CenteredClipping
 from defenses.clipping import Clipping, arc_threshold
 from defenses.dnc import dnc
 from defenses.fltrust import fltrust
-from defenses.foolsgold import FoolsGold
+from defenses.foolsgold import FoolsGold, foolsgold_weights
 from defenses.geomed import GeometricMedian, geometric_median
 from defenses.krum import Krum, krum
 from defenses.mean import Mean, mean
@@ -327,6 +327,70 @@ def test_foolsgold_zeroes_sybils_and_keeps_diverse_clients():
     weights = rule.last_weights
     assert weights[5:].max() == 0
     assert (weights[:5] > 0).all()
+
+
+def foolsgold_loop(history: np.ndarray) -> np.ndarray:
+    """The authors' ``model_aggregator.foolsgold``, transcribed with explicit loops."""
+    n = len(history)
+    unit = history / np.linalg.norm(history, axis=1, keepdims=True)
+    cs = unit @ unit.T - np.eye(n)
+    maxcs = cs.max(axis=1)
+    for i in range(n):
+        for j in range(n):
+            if i != j and maxcs[i] < maxcs[j]:
+                cs[i, j] = cs[i, j] * maxcs[i] / maxcs[j]
+    wv = np.clip(1 - cs.max(axis=1), 0, 1)
+    wv = wv / wv.max()
+    wv[wv == 1] = 0.99
+    with np.errstate(divide="ignore"):
+        wv = np.log(wv / (1 - wv)) + 0.5
+    wv[np.isinf(wv) & (wv > 0)] = 1
+    return np.clip(wv, 0, 1)
+
+
+def test_foolsgold_keeps_the_one_client_unlike_the_others():
+    """Three near-identical sybils and one client whose every similarity is negative: the
+    sybils get 0, the odd one out 1 (with the diagonal at -inf, its negative maximum turned
+    pardoning upside down and gave [1, 1, 1, 0])."""
+    history = t([[1, 0.1, 0], [1, 0, 0.1], [1, -0.1, 0], [-1, 0, -0.05]]).double()
+    assert foolsgold_weights(history).tolist() == [0.0, 0.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_foolsgold_weights_equal_the_authors_algorithm(seed):
+    history = np.random.default_rng(seed).normal(size=(6, 5))
+    expected = foolsgold_loop(history)
+    got = foolsgold_weights(torch.from_numpy(history)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_a_rule_that_weights_clients_cannot_follow_bucketing():
+    for node in (
+        {"_target_": "defenses.mean.Mean", "weighted": True, "pre": [{"name": "bucketing"}]},
+        {"_target_": "defenses.foolsgold.FoolsGold", "pre": [{"name": "bucketing"}]},
+    ):
+        with pytest.raises(ConfigError, match="merges rows"):
+            build_defense(node).check(10)
+    nnm = {"name": "nnm", "f": 2}  # keeps one row per client
+    build_defense({"_target_": "defenses.mean.Mean", "weighted": True, "pre": [nnm]}).check(10)
+
+
+def test_simulate_draws_from_the_given_generator_and_keeps_state():
+    rows = random_rows(4, 9, 5)
+    defense = build_defense({"_target_": "defenses.mean.Mean", "pre": [{"name": "bucketing"}]})
+    server = torch.Generator().manual_seed(0)
+    defense.set_generator(server)
+    state = server.get_state()
+    with_server_draws = defense.simulate(rows)
+    assert torch.equal(server.get_state(), state)
+    torch.testing.assert_close(with_server_draws, defense(rows))  # the same permutation
+    defense.set_generator(torch.Generator().manual_seed(0))
+    attacker = torch.Generator().manual_seed(5)
+    own = defense.simulate(rows, attacker)
+    assert not torch.equal(attacker.get_state(), torch.Generator().manual_seed(5).get_state())
+    reference = build_defense({"_target_": "defenses.mean.Mean", "pre": [{"name": "bucketing"}]})
+    reference.set_generator(torch.Generator().manual_seed(5))
+    torch.testing.assert_close(own, reference(rows))
 
 
 def test_bucketing_averages_groups_of_s():

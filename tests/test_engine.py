@@ -6,8 +6,9 @@ import torch
 from conftest import FAST
 
 from robustfl.api import compose_config, run_experiment
-from robustfl.engine import setup
+from robustfl.engine import run_round, setup
 from robustfl.results import read_metrics
+from robustfl.server import ServerOptimizer
 
 
 def test_default_config_without_attack_reaches_90_percent(run_dir):
@@ -98,12 +99,12 @@ def test_client_momentum_persists_and_server_momentum_applies(tmp_path):
     assert sim.client_momentum is not None and sim.client_momentum.shape[0] == 10
 
 
-def test_server_weight_decay_shrinks_the_model_as_server_sgd_does():
-    """``theta <- theta + lr_s (aggregate - wd theta)``: with the same clients' updates, the
-    two models differ after one round by exactly ``-lr_s * wd * theta``."""
-    from robustfl.engine import run_round
-
-    base = [*FAST, "fl.server_lr=0.5"]
+@pytest.mark.parametrize("server_momentum", [0.0, 0.9])
+def test_server_weight_decay_shrinks_the_model_as_server_sgd_does(server_momentum):
+    """``theta <- theta - lr_s buf``, ``buf = m buf + (-aggregate + wd theta)`` (``buf = g`` on the
+    first step): with the same clients' updates, the two models differ after one round by
+    exactly ``-lr_s * wd * theta``, with or without server momentum."""
+    base = [*FAST, "fl.server_lr=0.5", f"fl.server_momentum={server_momentum}"]
     plain = setup(compose_config(base))
     decayed = setup(compose_config([*base, "fl.server_weight_decay=0.1"]))
     start = plain.global_params.clone()
@@ -113,6 +114,31 @@ def test_server_weight_decay_shrinks_the_model_as_server_sgd_does():
     torch.testing.assert_close(
         decayed.global_params - plain.global_params, -0.5 * 0.1 * start, rtol=1e-4, atol=1e-6
     )
+
+
+def test_server_optimizer_by_hand():
+    theta = torch.tensor([1.0, -2.0])
+    server = ServerOptimizer(theta, lr=0.5, momentum=0.9, weight_decay=0.1)
+    server.step(torch.tensor([1.0, 1.0]))  # g = -1 + 0.1 theta = (-0.9, -1.2) = buf
+    torch.testing.assert_close(theta, torch.tensor([1.45, -1.4]))
+    server.step(torch.tensor([0.0, 2.0]))  # g = (0.145, -2.14); buf = 0.9 buf + g
+    torch.testing.assert_close(
+        theta, torch.tensor([1.45 - 0.5 * (-0.81 + 0.145), -1.4 - 0.5 * (-1.08 - 2.14)])
+    )
+
+
+def test_a_defense_that_asks_for_the_server_update_must_declare_its_root_set():
+    from defenses.mean import Mean
+
+    class Asks(Mean):
+        def prepare(self, ctx):
+            super().prepare(ctx)
+            self.server_vector = ctx.server_update()
+
+    sim = setup(compose_config(FAST))
+    sim.defense = Asks()
+    with pytest.raises(RuntimeError, match="root_size"):
+        run_round(sim, 0, {"train_s": 0, "attack_s": 0, "aggregate_s": 0})
 
 
 def test_client_sampling_draws_clients_per_round(run_dir):

@@ -5,7 +5,7 @@ from robustfl.api import run_experiment
 
 
 def test_free_rider_rows_are_zero():
-    out = FreeRider().poison_updates(torch.randn(5, 3), torch.randn(2, 3), ctx=None)
+    out = FreeRider().poison_gradients(torch.randn(5, 3), torch.randn(2, 3), ctx=None)
     assert torch.equal(out, torch.zeros(2, 3))
 
 
