@@ -1,1 +1,1 @@
-"""Byzantine attacks. One module each; every attack implements :class:`attacks.base.Attack`."""
+"""Byzantine attacks, one module each; every attack implements :class:`robustfl.contracts.Attack`."""

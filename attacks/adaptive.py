@@ -14,9 +14,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, mean_and_std, repeat_row
-from robustfl.context import RoundContext
+from attacks.common import repeat_row, unit_vector
+from robustfl.contracts import Attack, RoundContext
 from robustfl.errors import ConfigError
+from robustfl.kernels import mean_and_std
 
 Shape = Literal["alie", "ipm", "minmax"]
 Search = Literal["grid", "line"]
@@ -40,7 +41,7 @@ def direction(
     if shape == "ipm":
         return mu, torch.zeros_like(mu), -mu
     if shape == "minmax":
-        return mu, mu, -mu / torch.linalg.vector_norm(mu).clamp(min=torch.finfo(mu.dtype).tiny)
+        return mu, mu, -unit_vector(mu)
     raise ConfigError(f"attack.shape={shape!r} is invalid: use 'alie', 'ipm' or 'minmax'.")
 
 

@@ -8,9 +8,10 @@ from typing import Literal
 
 from torch import Tensor
 
-from attacks.base import Attack, mean_and_std, repeat_row
-from robustfl.context import RoundContext
+from attacks.common import repeat_row
+from robustfl.contracts import Attack, RoundContext
 from robustfl.errors import ConfigError
+from robustfl.kernels import mean_and_std
 
 ZFormula = Literal["paper", "bucketing"]
 

@@ -7,8 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attacks.base import Attack
-from robustfl.context import RoundContext
+from robustfl.contracts import Attack, RoundContext
 from robustfl.errors import ConfigError
 
 

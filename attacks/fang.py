@@ -15,8 +15,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, repeat_row
-from robustfl.context import RoundContext
+from attacks.common import repeat_row
+from robustfl.contracts import Attack, RoundContext
 from robustfl.errors import ConfigError
 from robustfl.linalg import krum_scores, pairwise_sq_distances
 

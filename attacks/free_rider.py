@@ -3,8 +3,7 @@
 import torch
 from torch import Tensor
 
-from attacks.base import Attack
-from robustfl.context import RoundContext
+from robustfl.contracts import Attack, RoundContext
 
 
 class FreeRider(Attack):

@@ -2,8 +2,8 @@
 
 from torch import Tensor
 
-from attacks.base import Attack, repeat_row
-from robustfl.context import RoundContext
+from attacks.common import repeat_row
+from robustfl.contracts import Attack, RoundContext
 from robustfl.errors import ConfigError
 
 

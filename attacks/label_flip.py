@@ -3,7 +3,7 @@
 import torch
 from torch import Tensor
 
-from attacks.base import Attack
+from robustfl.contracts import Attack
 
 
 class LabelFlip(Attack):

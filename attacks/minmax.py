@@ -10,9 +10,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from attacks.base import Attack, mean_and_std, repeat_row
-from robustfl.context import RoundContext
+from attacks.common import repeat_row, unit_vector
+from robustfl.contracts import Attack, RoundContext
 from robustfl.errors import ConfigError
+from robustfl.kernels import mean_and_std
 from robustfl.linalg import pairwise_sq_distances
 
 Perturbation = Literal["unit_vec", "std", "sign"]
@@ -28,7 +29,7 @@ def perturbation_vector(rows: Tensor, kind: Perturbation, unbiased: bool = True)
         return -mean_and_std(rows, unbiased)[1]
     mu = rows.mean(dim=0)
     if kind == "unit_vec":
-        return -mu / torch.linalg.vector_norm(mu).clamp(min=torch.finfo(mu.dtype).tiny)
+        return -unit_vector(mu)
     if kind == "sign":
         return -torch.sign(mu)
     raise ConfigError(f"attack.perturbation={kind!r} is invalid: use 'unit_vec', 'std' or 'sign'.")

@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from attacks.minmax import DistanceModel, MinMax, largest_root
+from attacks.minmax import DistanceModel, MinMax, Perturbation, Search, largest_root
 from robustfl.errors import ConfigError
 from robustfl.linalg import pairwise_sq_distances
 
@@ -22,8 +22,18 @@ class MinSum(MinMax):
     honest row, a smaller ``gamma``. Other parameters as for min-max.
     """
 
-    def __init__(self, *args, bound: Bound = "max", **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(
+        self,
+        gamma: float | None = None,
+        perturbation: Perturbation = "unit_vec",
+        search: Search = "halving",
+        gamma_init: float = 10.0,
+        tol: float = 1e-5,
+        bound: Bound = "max",
+        unbiased: bool = True,
+        knowledge: str = "omniscient",
+    ) -> None:
+        super().__init__(gamma, perturbation, search, gamma_init, tol, unbiased, knowledge)
         if bound not in ("max", "min"):
             raise ConfigError(
                 f"attack.bound={bound!r} is invalid: use 'max' (the paper) or 'min' (the "

@@ -1,6 +1,6 @@
 """No attack: Byzantine clients behave honestly (the baseline every attack is compared with)."""
 
-from attacks.base import Attack
+from robustfl.contracts import Attack
 
 
 class NoAttack(Attack):

@@ -5,8 +5,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from attacks.base import Attack
-from robustfl.context import RoundContext
+from robustfl.contracts import Attack, RoundContext
 from robustfl.errors import ConfigError
 
 

@@ -2,8 +2,7 @@
 
 from torch import Tensor
 
-from attacks.base import Attack
-from robustfl.context import RoundContext
+from robustfl.contracts import Attack, RoundContext
 from robustfl.errors import ConfigError
 
 

@@ -9,10 +9,10 @@ import scipy.stats
 import torch
 
 from benchmarks.common import interleaved_median_times, median_time, round_context
-from defenses.base import build_defense
 from defenses.bucketing import bucketing
 from defenses.clipping import clipping
 from defenses.nnm import nearest_neighbor_mixing
+from robustfl.build import build_defense
 from robustfl.linalg import krum_scores
 
 # The four shapes, and (14, 1e5): the ByzFL heatmap's 10 + 4 clients of an MLP.

@@ -11,15 +11,17 @@ import torch
 
 from attacks.adaptive import Adaptive
 from benchmarks.common import median_time, round_context
-from defenses.base import build_defense
+from robustfl.build import build_defense
 
 HONEST, BYZANTINE, D = 10, 4, 101_770
-CLIP_NNM = [{"name": "clipping", "c": 2.0}, {"name": "nnm", "f": BYZANTINE}]
+CLIP_NNM = {
+    "clipping": {"_target_": "defenses.clipping.Clipping", "c": 2.0},
+    "nnm": {"_target_": "defenses.nnm.NearestNeighborMixing", "f": BYZANTINE},
+}
 DEFENSES = {
     "clipping + nnm + trimmed_mean": {
         "_target_": "defenses.trimmed_mean.TrimmedMean",
         "f": BYZANTINE,
-        "pre": CLIP_NNM,
     },
     "clipping + nnm + geomed (ByzFL's)": {
         "_target_": "defenses.geomed.GeometricMedian",
@@ -27,7 +29,6 @@ DEFENSES = {
         "iterations": 3,
         "tol": 0.0,
         "init": "zero",
-        "pre": CLIP_NNM,
     },
     "krum": {"_target_": "defenses.krum.Krum", "f": BYZANTINE},
     "median": {"_target_": "defenses.median.Median"},
@@ -41,7 +42,7 @@ def run(quick: bool = False) -> list[dict]:
     byzantine = torch.randn(BYZANTINE, d, generator=g) * 0.01
     rows = []
     for name, node in DEFENSES.items():
-        defense = build_defense(node)
+        defense = build_defense(node, CLIP_NNM if name.startswith("clipping") else None)
         ctx = round_context(HONEST + BYZANTINE, d, defense, BYZANTINE)
         times, gammas = {}, {}
         for project in (False, True):

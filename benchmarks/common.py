@@ -99,7 +99,7 @@ def square_matmul(device: str = "cpu", size: int = 2048) -> tuple[Callable[[], o
 def round_context(n: int, d: int, defense=None, num_byzantine: int = 0):
     """A seeded round context for ``n`` clients of dimension ``d`` whose last
     ``num_byzantine`` rows are Byzantine (what a defense's ``prepare`` and an attack read)."""
-    from robustfl.context import RoundContext
+    from robustfl.contracts import RoundContext
 
     return RoundContext(
         round=0,

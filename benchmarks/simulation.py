@@ -7,7 +7,7 @@ import statistics
 import torch
 
 from benchmarks.common import interleaved_times, median_time, peak_rss_mib, square_matmul
-from defenses.median import median
+from defenses.median import Median
 from robustfl.data import load_digits, load_synthetic
 from robustfl.models import init_model, mlp
 from robustfl.partition import iid
@@ -62,6 +62,8 @@ def measure(name: str, clients: int, data: str, device: str) -> dict:
     )
     trainer = LocalTrainer(model, layout, lr=0.05)
     out = torch.empty(clients, layout.d, device=device)  # reused across rounds, as the engine does
+
+    median = Median()
 
     def engine_round():
         return median(trainer.train(theta, client_data.x, client_data.y, batches, out=out))

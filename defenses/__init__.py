@@ -1,1 +1,1 @@
-"""Robust aggregation rules and pre-aggregators, one module each (see :mod:`defenses.base`)."""
+"""Robust aggregation rules and pre-aggregators, one module each (contracts in :mod:`robustfl.contracts`)."""

@@ -8,7 +8,7 @@ import math
 import torch
 from torch import Tensor
 
-from defenses.base import PreAggregator
+from robustfl.contracts import PreAggregator
 from robustfl.errors import ConfigError
 from robustfl.linalg import finite_rows, zero_nonfinite
 
@@ -42,7 +42,7 @@ class Bucketing(PreAggregator):
 
     def __init__(self, s: int = 2) -> None:
         if s < 1:
-            raise ConfigError(f"defense.pre bucketing: s={s} is invalid: it must be >= 1.")
+            raise ConfigError(f"pre.bucketing.s={s} is invalid: it must be >= 1.")
         self.s = s
 
     def output_rows(self, n: int) -> int:

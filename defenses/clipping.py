@@ -7,38 +7,54 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from defenses.base import PreAggregator
-from defenses.functional import clip_rows, row_norms
+from robustfl.contracts import PreAggregator, check_f
 from robustfl.errors import ConfigError
+from robustfl.linalg import zero_nonfinite
+
+
+def clip_scales(norms: Tensor, threshold: Tensor | float) -> Tensor:
+    """``(n,)`` factors ``min(1, threshold / norm)`` of rows with norms ``(n,)``, and 0 for a
+    non-finite norm (a row without a direction contributes nothing)."""
+    threshold = torch.as_tensor(threshold, dtype=norms.dtype, device=norms.device)
+    scale = torch.clamp(threshold / norms.clamp(min=torch.finfo(norms.dtype).tiny), max=1.0)
+    return torch.where(torch.isfinite(norms), scale, torch.zeros_like(scale))
+
+
+def clip_rows(updates: Tensor, threshold: Tensor | float) -> Tensor:
+    """Every row of ``updates (n, d)`` scaled to norm at most ``threshold``; rows inside are
+    unchanged, non-finite rows become zero."""
+    norms = torch.linalg.vector_norm(updates, dim=1)
+    scale = clip_scales(norms, threshold)
+    return zero_nonfinite(updates, torch.isfinite(norms)) * scale[:, None]
 
 
 def arc_threshold(norms: Tensor, f: int) -> Tensor | None:
     """ARC's threshold: with ``k = floor(2 (f / n) (n - f))``, the norm of the ``(k+1)``-th
-    largest row; the ``k`` largest rows are clipped to it. ``None`` when ``k = 0``."""
+    largest row (non-finite norms count as largest); the ``k`` largest rows are clipped to it.
+    ``None`` when ``k = 0``."""
     n = len(norms)
     k = int(2 * f * (n - f) / n)
     if k == 0 or k >= n:
         return None
-    return torch.sort(norms, descending=True).values[k]
+    ranked = torch.where(torch.isfinite(norms), norms, torch.full_like(norms, torch.inf))
+    return torch.sort(ranked, descending=True).values[k]
 
 
 def clipping(updates: Tensor, c: float | None = None, f: int = 0, adaptive: bool = False) -> Tensor:
     """Clip each row of ``updates (n, d)`` to norm ``c``, or with ``adaptive=True`` to ARC's
     data-dependent threshold. Non-finite rows become zero."""
-    if adaptive:
-        threshold = arc_threshold(row_norms(updates), f)
-        if threshold is None:
-            return clip_rows(updates, torch.inf)
-        return clip_rows(updates, threshold)
-    return clip_rows(updates, c)
+    if not adaptive:
+        return clip_rows(updates, c)
+    threshold = arc_threshold(torch.linalg.vector_norm(updates, dim=1), f)
+    return clip_rows(updates, torch.inf if threshold is None else threshold)
 
 
 class Clipping(PreAggregator):
     """Static clipping to ``c``, or adaptive (ARC) clipping with ``adaptive=True``.
 
     Args:
-        c: the static norm threshold (required unless adaptive).
-        adaptive: use ARC (needs ``f``, taken from the defense's ``f``).
+        c: the static norm threshold, in update units (required unless adaptive).
+        adaptive: use ARC (needs ``f``).
         f: the assumed number of Byzantine clients.
     """
 
@@ -47,11 +63,10 @@ class Clipping(PreAggregator):
     def __init__(self, c: float | None = None, adaptive: bool = False, f: int = 0) -> None:
         if not adaptive and (c is None or c <= 0):
             raise ConfigError(
-                f"defense.pre clipping: c={c} is invalid: give a threshold c > 0, or "
-                "adaptive: true for ARC."
+                f"pre clipping: c={c} is invalid: give a threshold c > 0 (pre.clipping.c=...), "
+                "or use pre=[arc] for adaptive clipping."
             )
-        if f < 0:
-            raise ConfigError(f"defense.pre clipping: f={f} is invalid: it must be >= 0.")
+        check_f(f, "pre.clipping.f")
         self.c, self.adaptive, self.f = c, adaptive, f
 
     def __call__(self, updates: Tensor) -> Tensor:

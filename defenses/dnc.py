@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from defenses.base import Defense
+from robustfl.contracts import Defense
 from robustfl.errors import ConfigError
 from robustfl.linalg import finite_rows, zero_nonfinite
 

@@ -5,37 +5,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from defenses.base import Defense
+from robustfl.contracts import Defense, check_f, require_rows
 from robustfl.errors import ConfigError
 from robustfl.linalg import krum_scores, pairwise_sq_distances
 
 
-def default_neighbors(n: int, f: int) -> int:
-    """``n - f - 2``, the neighbourhood size of Blanchard et al. (2017)."""
-    return n - f - 2
-
-
 def krum(updates: Tensor, f: int, neighbors: int | None = None) -> tuple[Tensor, int]:
-    """The row of ``updates (n, d)`` with the lowest Krum score, and its index.
-
-    Scores use squared distances (the paper's definition; one public reference code squares
-    the squared distance again, which changes the pick). Ties go to the lowest index.
-    """
-    n = len(updates)
-    k = default_neighbors(n, f) if neighbors is None else neighbors
-    scores = krum_scores(pairwise_sq_distances(updates), k)
-    index = int(torch.argmin(scores))
+    """The row of ``updates (n, d)`` with the lowest score, and its index: ``score(i)`` is the
+    sum of squared distances from row ``i`` to its ``n - f - 2`` nearest other rows (or
+    ``neighbors``). Squared distances, as the paper defines them (one public reference code
+    squares them again, which changes the pick); ties go to the lowest index."""
+    k = len(updates) - f - 2 if neighbors is None else neighbors
+    index = int(torch.argmin(krum_scores(pairwise_sq_distances(updates), k)))
     return updates[index].clone(), index
 
 
-def check_krum(n: int, f: int, neighbors: int | None, rule: str = "krum") -> None:
-    if f < 0:
-        raise ConfigError(f"defense.f={f} is invalid: it must be >= 0.")
-    if not n > 2 * f + 2:
-        raise ConfigError(
-            f"defense={rule} needs n > 2f + 2 (Blanchard et al. 2017), but n={n} rows per round "
-            f"and f={f}: raise fl.clients_per_round to at least {2 * f + 3} or lower defense.f."
-        )
+def check_krum(rule: str, n: int, f: int, neighbors: int | None) -> None:
+    """Krum's and Multi-Krum's preconditions: ``n > 2f + 2`` and ``1 <= neighbors < n``."""
+    require_rows(rule, n, 2 * f + 3, "n > 2f + 2 (Blanchard et al. 2017)", f)
     if neighbors is not None and not 1 <= neighbors <= n - 1:
         raise ConfigError(
             f"defense.neighbors={neighbors} is invalid for n={n}: it must be in [1, {n - 1}]."
@@ -55,13 +42,11 @@ class Krum(Defense):
 
     def __init__(self, f: int, neighbors: int | None = None) -> None:
         super().__init__()
-        self.f = f
-        self.neighbors = neighbors
-        if f < 0:
-            raise ConfigError(f"defense.f={f} is invalid: it must be >= 0.")
+        check_f(f)
+        self.f, self.neighbors = f, neighbors
 
     def check(self, n: int) -> None:
-        check_krum(n, self.f, self.neighbors)
+        check_krum("krum", n, self.f, self.neighbors)
 
     def __call__(self, updates: Tensor) -> Tensor:
         row, index = krum(updates, self.f, self.neighbors)

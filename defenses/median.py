@@ -4,22 +4,19 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from defenses.base import Defense
-from defenses.functional import column_median
+from robustfl.contracts import Defense
+from robustfl.kernels import column_median, median_of_sorted, sort_columns
 
 
 def median(updates: Tensor) -> Tensor:
-    """Coordinate-wise median of ``updates (n, d)`` -> ``(d,)``.
-
-    For even ``n`` the median is the mean of the two middle values (not torch's lower median).
-    Non-finite entries sort to the ends (NaN as the largest), so up to ``ceil(n/2) - 1``
-    non-finite rows leave the output finite and inside the range of the other rows.
-    """
-    return column_median(updates)
+    """Per coordinate, the middle of the ``n`` sorted values (the mean of the two middle ones for
+    even ``n``): ``(n, d) -> (d,)``. NaN sorts as the largest value, so up to ``ceil(n/2) - 1``
+    non-finite rows leave the output finite and inside the range of the other rows."""
+    return median_of_sorted(sort_columns(updates))
 
 
 class Median(Defense):
-    """Coordinate-wise median; needs no knowledge of f and works for any n >= 1."""
+    """Coordinate-wise median; needs no ``f`` and works for any ``n >= 1``."""
 
     def __call__(self, updates: Tensor) -> Tensor:
-        return median(updates)
+        return column_median(updates)  # median(updates), by selection instead of a full sort

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from defenses.base import Defense
-from defenses.krum import check_krum, default_neighbors
+from defenses.krum import check_krum
+from robustfl.contracts import Defense, check_f
 from robustfl.errors import ConfigError
 from robustfl.linalg import krum_scores, lowest_scores, pairwise_sq_distances, zero_nonfinite
 
@@ -14,17 +14,16 @@ from robustfl.linalg import krum_scores, lowest_scores, pairwise_sq_distances, z
 def multi_krum(
     updates: Tensor, f: int, m: int | None = None, neighbors: int | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Average of the ``m`` rows with the lowest Krum scores (``m = n - f`` by default), and
-    the indices of those rows (sorted). ``(n, d) -> (d,), (m,)``."""
+    """The mean of the ``m`` rows (``n - f`` by default) with the lowest Krum scores, and those
+    rows' indices (sorted): ``(n, d) -> (d,), (m,)``."""
     n = len(updates)
     m = n - f if m is None else m
-    k = default_neighbors(n, f) if neighbors is None else neighbors
+    k = n - f - 2 if neighbors is None else neighbors
     norms = torch.linalg.vector_norm(updates, dim=1)  # one pass, for the distances and the mean
     chosen = lowest_scores(krum_scores(pairwise_sq_distances(updates, norms), k), m)
-    chosen = chosen.to(updates.device)
     weights = torch.zeros(n, dtype=updates.dtype, device=updates.device)
     weights[chosen] = 1.0 / m
-    # The mean of the chosen rows without copying them (non-chosen non-finite rows zeroed).
+    # the chosen rows' mean as one product (unchosen non-finite rows zeroed)
     return weights @ zero_nonfinite(updates, torch.isfinite(norms)), chosen
 
 
@@ -41,12 +40,11 @@ class MultiKrum(Defense):
 
     def __init__(self, f: int, m: int | None = None, neighbors: int | None = None) -> None:
         super().__init__()
-        if f < 0:
-            raise ConfigError(f"defense.f={f} is invalid: it must be >= 0.")
+        check_f(f)
         self.f, self.m, self.neighbors = f, m, neighbors
 
     def check(self, n: int) -> None:
-        check_krum(n, self.f, self.neighbors, rule="multi_krum")
+        check_krum("multi_krum", n, self.f, self.neighbors)
         if self.m is not None and not 1 <= self.m <= n:
             raise ConfigError(f"defense.m={self.m} is invalid for n={n}: it must be in [1, {n}].")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from defenses.base import PreAggregator
+from robustfl.contracts import PreAggregator, check_f
 from robustfl.errors import ConfigError
 from robustfl.linalg import pairwise_sq_distances, zero_nonfinite
 
@@ -35,18 +35,18 @@ def nearest_neighbor_mixing(updates: Tensor, f: int) -> Tensor:
 
 
 class NearestNeighborMixing(PreAggregator):
-    """NNM with ``f`` the assumed number of Byzantine clients (from the defense's ``f``)."""
+    """NNM with ``f`` the assumed number of Byzantine clients (``conf/pre/nnm.yaml``: the
+    defense's ``f`` when it has one, else ``fl.num_byzantine``)."""
 
     rotation_equivariant = True  # distances only; means of rows
 
     def __init__(self, f: int) -> None:
-        if f < 0:
-            raise ConfigError(f"defense.pre nnm: f={f} is invalid: it must be >= 0.")
+        check_f(f, "pre.nnm.f")
         self.f = f
 
     def check(self, n: int) -> None:
         if not self.f < n:
-            raise ConfigError(f"defense.pre nnm needs f < n, but f={self.f} and n={n}.")
+            raise ConfigError(f"pre nnm needs f < n, but f={self.f} and n={n}: lower pre.nnm.f.")
 
     def __call__(self, updates: Tensor) -> Tensor:
         return nearest_neighbor_mixing(updates, self.f)

@@ -6,18 +6,32 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from defenses.base import Defense
-from defenses.functional import clipped_mean
+from defenses.clipping import clip_scales
+from robustfl.contracts import Defense
 from robustfl.errors import ConfigError
+from robustfl.linalg import zero_nonfinite
+
+
+def norm_bound(
+    updates: Tensor, M: float, sigma: float = 0.0, generator: torch.Generator | None = None
+) -> Tensor:
+    """``mean_i clip(u_i, M) + N(0, sigma^2 I)`` of ``updates (n, d)`` -> ``(d,)``, the clipped
+    rows never materialized; non-finite rows count as zero."""
+    norms = torch.linalg.vector_norm(updates, dim=1)
+    out = clip_scales(norms, M) @ zero_nonfinite(updates, torch.isfinite(norms)) / len(updates)
+    if sigma:
+        noise = torch.randn(out.shape, generator=generator, dtype=out.dtype)
+        out = out + sigma * noise.to(out.device)
+    return out
 
 
 class NormBound(Defense):
-    """Clip every update to norm ``M``, average, and optionally add ``N(0, sigma^2 I)`` noise
-    (weak differential privacy). Non-finite rows are clipped to zero.
+    """Clip every update to norm ``M``, average, and optionally add Gaussian noise of standard
+    deviation ``sigma`` (weak differential privacy), drawn from the round's generator.
 
     Args:
         M: the norm bound, in update units.
-        sigma: standard deviation of the added Gaussian noise (0: none).
+        sigma: the noise's standard deviation (0: none).
     """
 
     def __init__(self, M: float = 1.0, sigma: float = 0.0) -> None:
@@ -30,8 +44,4 @@ class NormBound(Defense):
         self.rotation_equivariant = sigma == 0  # noise is drawn per coordinate
 
     def __call__(self, updates: Tensor) -> Tensor:
-        out = clipped_mean(updates, self.M)
-        if self.sigma:
-            noise = torch.randn(out.shape, generator=self.generator, dtype=out.dtype)
-            out = out + self.sigma * noise.to(out.device)
-        return out
+        return norm_bound(updates, self.M, self.sigma, self.generator)

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from defenses.base import Defense
-from defenses.functional import mean_of_rows, sort_columns
-from robustfl.errors import ConfigError
+from robustfl.contracts import Defense, check_f, require_rows
+from robustfl.kernels import sort_columns
 
 
 def trimmed_mean(updates: Tensor, b: int) -> Tensor:
     """Per coordinate, drop the ``b`` largest and ``b`` smallest of the ``n`` values and average
-    the remaining ``n - 2b``: ``(n, d) -> (d,)``. Needs ``2b < n``.
-
-    Up to ``b`` non-finite rows are trimmed away (NaN sorts as the largest value).
-    """
+    the other ``n - 2b``: ``(n, d) -> (d,)``. Up to ``b`` non-finite rows are trimmed away (NaN
+    sorts as the largest value)."""
     n = len(updates)
     if not 0 <= 2 * b < n:
         raise ValueError(f"trimmed_mean needs 0 <= 2b < n; got b={b}, n={n}")
-    return mean_of_rows(sort_columns(updates), b, n - b).to(updates.device)
+    return sort_columns(updates)[b : n - b].mean(dim=0)
 
 
 class TrimmedMean(Defense):
@@ -33,19 +30,13 @@ class TrimmedMean(Defense):
 
     def __init__(self, f: int, b: int | None = None) -> None:
         super().__init__()
-        if f < 0:
-            raise ConfigError(f"defense.f={f} is invalid: it must be >= 0.")
+        check_f(f)
         self.f = f
         self.b = f if b is None else b
-        if self.b < 0:
-            raise ConfigError(f"defense.b={self.b} is invalid: it must be >= 0.")
+        check_f(self.b, "defense.b")
 
     def check(self, n: int) -> None:
-        if not 2 * self.b < n:
-            raise ConfigError(
-                f"defense=trimmed_mean needs 2b < n, but b={self.b} and n={n} rows per round: "
-                f"lower defense.b (or fl.num_byzantine) below {n / 2} or raise fl.clients_per_round."
-            )
+        require_rows("trimmed_mean", n, 2 * self.b + 1, f"2b < n with b={self.b}", self.f)
 
     def __call__(self, updates: Tensor) -> Tensor:
         return trimmed_mean(updates, self.b)

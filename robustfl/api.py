@@ -30,6 +30,6 @@ def run_experiment(
 
     No W&B run is made unless ``tracker`` is given (e.g. a :class:`robustfl.tracking.WandbTracker`).
     """
-    from robustfl.engine import run
+    from robustfl.run import run
 
     return run(compose_config(overrides), Path(run_dir), tracker)

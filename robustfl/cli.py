@@ -22,9 +22,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from robustfl.config import register_configs
-from robustfl.engine import failed_summary, run
 from robustfl.errors import ConfigError, DataError
 from robustfl.results import SUMMARY_FILE, write_json_atomic
+from robustfl.run import failed_summary, run
 from robustfl.tracking import WandbTracker
 
 log = logging.getLogger("robustfl")

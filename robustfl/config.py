@@ -71,6 +71,7 @@ class BaseConfig:
     model: Any = None
     attack: Any = None
     defense: Any = None
+    pre: Any = None  # {name: pre-aggregator node}, in order: pre=[clipping,nnm]
     seed: int = 0
     device: Device = Device.auto
     threads: int = 0
@@ -182,11 +183,6 @@ def instantiate_option(node: Any, **kwargs: Any) -> Any:
         raise
 
 
-def clients_per_round(fl: DictConfig) -> int:
-    """Participating clients per round: ``fl.clients_per_round``, or every client when null."""
-    return fl.num_clients if fl.clients_per_round is None else int(fl.clients_per_round)
-
-
 OPTION_GROUPS = ("dataset", "partition", "model", "attack", "defense")
 
 
@@ -215,12 +211,8 @@ def fill_option_names(cfg: DictConfig) -> None:
                 node.name = option_label(cfg, group)
 
 
-def defense_label(node: Any) -> str:
-    """The defense's name, prefixed by its pre-aggregators: ``"nnm+bucketing+krum"``."""
-    stages = []
-    for entry in node.get("pre") or []:
-        if isinstance(entry, str):
-            stages.append(entry)
-        else:
-            stages.append(str(entry.get("name") or str(entry.get("_target_", "?")).split(".")[-1]))
-    return "+".join([*stages, str(node.get("name", "?"))])
+def defense_label(cfg: Any) -> str:
+    """The defense's name behind its pre-aggregators', from a config (or its plain mapping):
+    ``"clipping+nnm+trimmed_mean"``."""
+    pre = cfg.get("pre") or {}
+    return "+".join([*pre, str(cfg["defense"].get("name", "?"))])

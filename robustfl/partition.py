@@ -1,8 +1,10 @@
 """Split the training set among clients.
 
-Each partition function takes the training labels, the number of clients and a seeded numpy
-generator, and returns one array of training-set indices per client. They are constructed
-from config with ``_partial_=True`` (their own parameters bound), then called by the engine.
+Every partition function is called as ``partition(labels, num_clients, rng, byzantine=...,
+min_size=...)`` with the training labels, the number of clients, a seeded numpy generator,
+the ``(num_clients,)`` bool mask of Byzantine clients and the smallest useful client size
+(one batch); it returns one array of training-set indices per client. Its own parameters are
+bound from config (``_partial_=True``).
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ import numpy as np
 from robustfl.errors import ConfigError
 
 
-def iid(labels: np.ndarray, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
+def iid(
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    byzantine: np.ndarray | None = None,
+    min_size: int = 1,
+) -> list[np.ndarray]:
     """Uniform random split: client sizes differ by at most one."""
     order = rng.permutation(len(labels))
     return [np.sort(part) for part in np.array_split(order, num_clients)]
@@ -25,6 +33,7 @@ def dirichlet(
     num_clients: int,
     rng: np.random.Generator,
     alpha: float = 0.5,
+    byzantine: np.ndarray | None = None,
     min_size: int = 1,
     max_tries: int = 1000,
 ) -> list[np.ndarray]:
@@ -57,7 +66,12 @@ def dirichlet(
 
 
 def shards(
-    labels: np.ndarray, num_clients: int, rng: np.random.Generator, shards_per_client: int = 2
+    labels: np.ndarray,
+    num_clients: int,
+    rng: np.random.Generator,
+    shards_per_client: int = 2,
+    byzantine: np.ndarray | None = None,
+    min_size: int = 1,
 ) -> list[np.ndarray]:
     """Pathological non-IID split (McMahan et al. 2017): sort by label, cut into
     ``num_clients * shards_per_client`` equal contiguous shards, deal each client
@@ -127,6 +141,7 @@ def label_sorted(
     num_clients: int,
     rng: np.random.Generator,
     byzantine: np.ndarray | None = None,
+    min_size: int = 1,
 ) -> list[np.ndarray]:
     """Karimireddy, He and Jaggi (2022)'s non-IID split: the training set sorted by label and
     cut into contiguous equal shards, one per *honest* client, while each Byzantine client gets
@@ -147,6 +162,7 @@ def gamma_similarity(
     rng: np.random.Generator,
     gamma: float = 0.5,
     byzantine: np.ndarray | None = None,
+    min_size: int = 1,
 ) -> list[np.ndarray]:
     """The ByzFL benchmark's gamma-similarity: a share ``gamma`` of the (shuffled) data is dealt
     IID, the rest is sorted by label and cut into contiguous shards; every *honest* client gets

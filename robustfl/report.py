@@ -85,7 +85,7 @@ def run_row(folder: Path) -> dict[str, Any]:
         "attack": summary.get("attack") or config.get("attack", {}).get("name"),
         # The summary's label names the pre-aggregators too.
         "defense": summary.get("defense")
-        or (defense_label(config["defense"]) if config.get("defense") else None),
+        or (defense_label(config) if config.get("defense") else None),
         "dataset": summary.get("dataset") or config.get("dataset", {}).get("name"),
         "partition": summary.get("partition") or partition.get("name"),
         "partition_param": _partition_param(partition),

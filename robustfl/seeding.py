@@ -13,6 +13,10 @@ import hashlib
 import numpy as np
 import torch
 
+#: The streams the engine keeps between rounds (and checkpoints); others are used once at
+#: set-up: "partition", "byzantine", "poison_data", "model", "root", "split".
+STREAMS = ("sampling", "batches", "attack", "defense", "server")
+
 
 def stream_seed(seed: int, stream: str) -> int:
     """A 63-bit seed for ``stream``, stable across processes and Python versions."""

@@ -113,7 +113,7 @@ class WandbTracker:
             _own_env(var, str(path))
         import wandb
 
-        attack, defense = config["attack"].get("name"), defense_label(config["defense"])
+        attack, defense = config["attack"].get("name"), defense_label(config)
         seed = config.get("seed")
         flat = flatten(config)
         flat.update(

@@ -54,6 +54,18 @@ def run_cli(*args: str, cwd: Path, clean_wandb_env: bool = False, **env: str):
     )
 
 
+PRE_TARGETS = {
+    "nnm": "defenses.nnm.NearestNeighborMixing",
+    "bucketing": "defenses.bucketing.Bucketing",
+    "clipping": "defenses.clipping.Clipping",
+}
+
+
+def pre_nodes(**stages: dict) -> dict:
+    """A ``pre`` node as ``pre=[...]`` composes it: ``pre_nodes(nnm={"f": 2})``."""
+    return {name: {"_target_": PRE_TARGETS[name], **params} for name, params in stages.items()}
+
+
 #: Small, fast settings for end-to-end runs on digits.
 FAST = [
     "fl.num_clients=10",

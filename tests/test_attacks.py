@@ -8,13 +8,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import pre_nodes
 from scipy.stats import norm
 
-import attacks.base
 from attacks.adaptive import Adaptive, grid_maximize, in_span_coordinates, line_maximize
 from attacks.alie import ALIE, alie_z
 from attacks.backdoor import Backdoor, stamp
-from attacks.base import mean_and_std
 from attacks.fang import Fang
 from attacks.gaussian import Gaussian
 from attacks.ipm import IPM
@@ -27,7 +26,8 @@ from attacks.sign_flip import SignFlip
 from defenses.centered_clipping import CenteredClipping
 from defenses.krum import krum
 from defenses.median import Median
-from robustfl.context import RoundContext
+from robustfl.build import build_defense
+from robustfl.contracts import RoundContext
 from robustfl.errors import ConfigError
 
 
@@ -348,8 +348,6 @@ def test_adaptive_search_in_the_span_of_the_rows_matches_the_full_search(shape):
     """Against a rotation-equivariant pipeline (clipping, NNM, geometric median) the search on
     span coordinates sees the same damage as on the full rows, so it picks the same scale; it
     hands the defense matrices of h + 2 columns instead of d."""
-    from defenses.base import build_defense
-
     honest, byz = matrices(seed=11, h=10, f=4, d=400)
     defense = build_defense(
         {
@@ -358,9 +356,9 @@ def test_adaptive_search_in_the_span_of_the_rows_matches_the_full_search(shape):
             "iterations": 3,
             "tol": 0.0,
             "init": "zero",
-            # rows of norm about 22: clipping acts on some, and the damage has an interior peak
-            "pre": [{"name": "clipping", "c": 22.0}, {"name": "nnm", "f": 4}],
-        }
+        },
+        # rows of norm about 22: clipping acts on some, and the damage has an interior peak
+        pre_nodes(clipping={"c": 22.0}, nnm={"f": 4}),
     )
     assert defense.rotation_equivariant
     widths = []
@@ -405,15 +403,9 @@ def test_a_coordinatewise_rule_behind_equivariant_stages_sees_the_same_damage():
     """Clipping and NNM in front of the trimmed mean: those two stages run on the span
     coordinates, the trimmed mean on the rows mapped back; the search picks the same scale as
     on the full rows."""
-    from defenses.base import build_defense
-
     honest, byz = matrices(seed=5, h=10, f=4, d=300)
-    node = {
-        "_target_": "defenses.trimmed_mean.TrimmedMean",
-        "f": 4,
-        "pre": [{"name": "clipping", "c": 2.0}, "nnm"],
-    }
-    defense = build_defense(node)
+    node = {"_target_": "defenses.trimmed_mean.TrimmedMean", "f": 4}
+    defense = build_defense(node, pre_nodes(clipping={"c": 2.0}, nnm={"f": 4}))
     assert not defense.rotation_equivariant and len(defense.split_equivariant()[0]) == 2
     ctx = context(14, 4, defense=defense)
     for shape in ("alie", "ipm"):
@@ -423,36 +415,6 @@ def test_a_coordinatewise_rule_behind_equivariant_stages_sees_the_same_damage():
             projected.poison_gradients(honest, byz, ctx), full.poison_gradients(honest, byz, ctx)
         )
         assert projected.last_gamma == pytest.approx(full.last_gamma, rel=1e-6)
-
-
-@pytest.mark.parametrize("rows", [1, 2, 7, 64, 150])
-@pytest.mark.parametrize("unbiased", [True, False])
-def test_mean_and_std_is_the_sample_or_population_std(rows, unbiased, monkeypatch):
-    """Against the float64 definition, for row counts below, at and across blocks of 64 rows
-    of the two-pass computation, on rows with a large common part (the deviations, not the
-    values, must be squared, and the float32 mean's rounding corrected)."""
-    monkeypatch.setattr(attacks.base, "_STD_BLOCK_BYTES", 64 * 300 * 4)  # 64 rows a block
-    g = torch.Generator().manual_seed(rows)
-    values = 50.0 + 1e-3 * torch.randn(rows, 300, generator=g)
-    mu, sigma = mean_and_std(values, unbiased)
-    exact = values.double()
-    expected_mu = exact.mean(dim=0)
-    divisor = max(rows - 1, 1) if unbiased else rows
-    expected_sigma = ((exact - expected_mu) ** 2).sum(dim=0).div(divisor).sqrt()
-    torch.testing.assert_close(mu.double(), expected_mu, rtol=1e-6, atol=0)
-    # to float32 rounding (1e-7 measured), although the spread is 1e-3 of the values
-    torch.testing.assert_close(sigma.double(), expected_sigma, rtol=1e-6, atol=0)
-    assert mu.dtype == sigma.dtype == torch.float32
-
-
-def test_mean_and_std_of_a_non_finite_column_is_nan_as_torch_std():
-    values = torch.randn(80, 5)
-    values[70, 1] = torch.inf
-    values[3, 2] = torch.nan
-    _, sigma = mean_and_std(values)
-    expected = values.std(dim=0)
-    torch.testing.assert_close(sigma, expected, equal_nan=True)
-    assert sigma[1].isnan() and sigma[2].isnan() and sigma[[0, 3, 4]].isfinite().all()
 
 
 def test_alie_sign_is_the_published_minus_by_default_and_byzfl_plus_on_request():
@@ -534,14 +496,12 @@ def test_adaptive_with_local_knowledge_never_reads_the_honest_rows():
 def test_adaptive_simulations_draw_from_the_attackers_stream_not_the_servers():
     """Against bucketing (a random permutation each round) the attacker's search does not
     depend on the server's generator, unless it is told to see the server's draws."""
-    from defenses.base import build_defense
-
     honest, byz = matrices(seed=15, h=19, f=6, d=30)
-    node = {"_target_": "defenses.krum.Krum", "f": 3, "pre": [{"name": "bucketing", "s": 2}]}
+    node = {"_target_": "defenses.krum.Krum", "f": 3}
     results = {}
     for sees_server in (False, True):
         for server_seed in (0, 1, 2):
-            defense = build_defense(node)
+            defense = build_defense(node, pre_nodes(bucketing={"s": 2}))
             ctx = context(25, 6, defense, seed=7)
             ctx.defense_generator = torch.Generator().manual_seed(server_seed)
             defense.prepare(ctx)

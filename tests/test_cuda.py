@@ -12,10 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from attacks.base import overrides
-from defenses.base import Pipeline, build_defense
+from robustfl.build import build_defense
 from robustfl.config import instantiate_option
-from robustfl.context import RoundContext
+from robustfl.contracts import Attack, RoundContext, overrides
 from robustfl.models import cnn, init_model, mlp
 from robustfl.training import ClientData, LocalTrainer, ParamLayout, sample_batch_indices
 
@@ -115,9 +114,6 @@ def test_every_shipped_rule_on_cuda_equals_the_cpu(name, nonfinite):
         for round_ in range(3):
             ctx = context(device, 11, 2, defense, round_)
             defense.prepare(ctx)
-            if isinstance(defense, Pipeline):
-                for stage in defense.pre:
-                    stage.prepare(ctx)
             out = defense(rows(round_, nonfinite).to(device))
             assert out.device.type == device.type and out.shape == (40,)
             results.append(out.cpu())
@@ -137,7 +133,7 @@ def test_every_shipped_attack_on_cuda_equals_the_cpu(name):
         u = rows(0).to(device)
         honest, byzantine = u[:8], u[8:]
         ctx = context(device, 11, 3, defense)
-        if not overrides(attack, "poison_gradients"):
+        if not overrides(attack, Attack, "poison_gradients"):
             pytest.skip(f"attack={name} poisons data, not updates")
         out = attack.poison_gradients(honest, byzantine.clone(), ctx)
         assert out.device.type == device.type and out.shape == (3, 40)

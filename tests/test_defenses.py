@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import reference_rules as ref
 import torch
+from conftest import pre_nodes
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from omegaconf import OmegaConf
 
-from defenses.base import Pipeline, build_defense
 from defenses.bucketing import Bucketing, bucketing
 from defenses.bulyan import Bulyan, bulyan
 from defenses.centered_clipping import CenteredClipping
@@ -26,12 +26,15 @@ from defenses.fltrust import fltrust
 from defenses.foolsgold import FoolsGold, foolsgold_weights
 from defenses.geomed import GeometricMedian, geometric_median
 from defenses.krum import Krum, krum
+from defenses.meamed import mean_around_median
 from defenses.mean import Mean, mean
 from defenses.median import Median, median
 from defenses.multi_krum import MultiKrum, multi_krum
 from defenses.nnm import nearest_neighbor_mixing
 from defenses.norm_bound import NormBound
+from defenses.pipeline import Pipeline
 from defenses.trimmed_mean import TrimmedMean, trimmed_mean
+from robustfl.build import build_defense
 from robustfl.errors import ConfigError
 from robustfl.linalg import lowest_scores, median_norm_row, pairwise_sq_distances
 
@@ -89,31 +92,15 @@ def per_row_centered_clipping(rows, center, tau, iterations):
     return v
 
 
-@pytest.mark.parametrize("block_rows", [2, 3, 10])
-def test_centered_clipping_in_row_blocks_equals_the_definition(monkeypatch, block_rows):
-    """Blocks of rows (the CPU path: a block's differences stay in the cache) give the
-    definition's value for any block size, with a non-finite row and several iterations."""
-    import defenses.centered_clipping as cc
-
+def test_centered_clipping_equals_the_definition_row_by_row():
+    """With a non-finite row and several iterations, against a float64 per-row loop."""
     rows = random_rows(3, 10, 7, spread=2.0)
     rows[4, 2] = torch.inf
     center = random_rows(4, 1, 7)[0]
-    monkeypatch.setattr(cc, "_BLOCK_BYTES", block_rows * 7 * 4)
-    monkeypatch.setattr(cc, "_BLOCK_ABOVE_BYTES", 0)
     rule = CenteredClipping(tau=1.5, iterations=3)
     rule.center = center.clone()
-    out = rule(rows)
-    assert rule._workspace.shape == (block_rows, 7)
     expected = per_row_centered_clipping(rows, center, 1.5, 3)
-    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6)
-
-
-def test_centered_clipping_blocks_only_large_matrices_of_small_rows():
-    from defenses.centered_clipping import rows_per_block
-
-    assert rows_per_block(torch.empty(200, 10**5)) == (4 << 20) // (4 * 10**5) == 10
-    assert rows_per_block(torch.empty(50, 10**6)) == 2  # rows of 4 MB: at least 2
-    assert rows_per_block(torch.empty(14, 10**5)) == 14  # 5.6 MB: in the cache anyway
+    torch.testing.assert_close(rule(rows).double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_norm_bound_clips_then_averages():
@@ -149,20 +136,6 @@ def test_static_clipping_bounds_norms_and_keeps_small_rows():
 def test_mean_weighted_by_sample_counts():
     rows = t([[0], [3]])
     assert mean(rows, torch.tensor([2.0, 1.0])).tolist() == [1.0]
-
-
-def test_mean_of_a_large_matrix_by_matrix_vector_product():
-    """From 2^20 entries the CPU mean is one product with a vector of ones: the float64 mean
-    to float32 accuracy (BLAS accumulates the 1,100 rows in float32: relative error a few
-    1e-6, where mean(dim=0)'s cascade sum gets 1e-7), and a non-finite entry poisons its
-    coordinate as in a sum."""
-    rows = torch.randn(1100, 1000, generator=torch.Generator().manual_seed(0)) + 3.0
-    rows[5, 7], rows[9, 8], rows[10, 9], rows[11, 9] = torch.nan, torch.inf, torch.inf, -torch.inf
-    out = mean(rows)
-    expected = rows.double().mean(dim=0)
-    finite = torch.isfinite(expected)
-    torch.testing.assert_close(out[finite].double(), expected[finite], rtol=1e-5, atol=1e-6)
-    assert torch.isnan(out[7]) and torch.isposinf(out[8]) and torch.isnan(out[9])
 
 
 # --------------------------------------------------------------------------- vs references
@@ -203,7 +176,6 @@ def test_reference_row_and_lowest_scores_by_hand():
     norms = torch.tensor([5.0, 1.0, 0.0, 3.0, 1.0])
     usable = torch.tensor([True, True, False, True, True])
     assert median_norm_row(norms, usable) == 4
-    assert median_norm_row(norms.numpy(), usable.numpy()) == 4
     assert median_norm_row(norms, torch.tensor([True, False, False, True, False])) == 3
     scores = torch.tensor([2.0, 1.0, 1.0, 3.0, 1.0])
     assert lowest_scores(scores, 2).tolist() == [1, 2]
@@ -243,41 +215,18 @@ def closest_window_by_definition(column: list[float], beta: int) -> float:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_bulyan_window_search_numpy_and_torch_equal_the_definition(seed):
-    """Small integers (many ties, exact sums) with +-inf and NaN: the CPU (numpy) and the
-    other-device (torch, run here on the CPU) window searches agree exactly, and with the
-    definition per coordinate."""
-    from defenses.bulyan import _window_mean_numpy, _window_mean_torch
-    from defenses.functional import sort_columns
-
+def test_mean_around_median_equals_the_definition(seed):
+    """Small integers (many ties, exact sums) with +-inf and NaN: Bulyan's second step and
+    MeaMed's window equal the definition per coordinate."""
     rng = np.random.default_rng(seed)
     for t in (1, 2, 5, 8, 13):
         for beta in {1, (t + 1) // 2, t}:
             values = rng.integers(-2, 3, (t, 40)).astype(np.float32)
             specials = rng.random((t, 40)) < (0.0 if seed == 0 else 0.2)
             values[specials] = rng.choice(np.float32([np.inf, -np.inf, np.nan]), specials.sum())
-            ordered = sort_columns(torch.from_numpy(values))
-            fast = _window_mean_numpy(ordered.numpy(), beta)
-            np.testing.assert_array_equal(fast, _window_mean_torch(ordered, beta).numpy())
+            got = mean_around_median(torch.from_numpy(values), beta).numpy()
             want = [closest_window_by_definition(values[:, j].tolist(), beta) for j in range(40)]
-            np.testing.assert_allclose(fast, np.float32(want), rtol=1e-6)
-
-
-@pytest.mark.parametrize("workers", [1, 2])
-def test_bulyan_window_search_in_column_blocks(monkeypatch, workers):
-    import defenses.bulyan as module
-    from defenses.bulyan import closest_to_median_mean
-
-    values = torch.randn(11, 1000, generator=torch.Generator().manual_seed(0))
-    whole = closest_to_median_mean(values, 5)
-    monkeypatch.setattr(module, "_WINDOW_BLOCK", 64)  # 16 blocks
-    monkeypatch.setattr(module, "PARALLEL_MIN", 0)
-    before = torch.get_num_threads()
-    torch.set_num_threads(workers)
-    try:
-        np.testing.assert_array_equal(closest_to_median_mean(values, 5).numpy(), whole.numpy())
-    finally:
-        torch.set_num_threads(before)
+            np.testing.assert_allclose(got, np.float32(want), rtol=1e-6)
 
 
 def test_krum_is_right_where_the_plain_gram_trick_cancels():
@@ -366,18 +315,18 @@ def test_foolsgold_weights_equal_the_authors_algorithm(seed):
 
 def test_a_rule_that_weights_clients_cannot_follow_bucketing():
     for node in (
-        {"_target_": "defenses.mean.Mean", "weighted": True, "pre": [{"name": "bucketing"}]},
-        {"_target_": "defenses.foolsgold.FoolsGold", "pre": [{"name": "bucketing"}]},
+        {"_target_": "defenses.mean.Mean", "weighted": True},
+        {"_target_": "defenses.foolsgold.FoolsGold"},
     ):
         with pytest.raises(ConfigError, match="merges rows"):
-            build_defense(node).check(10)
-    nnm = {"name": "nnm", "f": 2}  # keeps one row per client
-    build_defense({"_target_": "defenses.mean.Mean", "weighted": True, "pre": [nnm]}).check(10)
+            build_defense(node, pre_nodes(bucketing={})).check(10)
+    weighted = {"_target_": "defenses.mean.Mean", "weighted": True}
+    build_defense(weighted, pre_nodes(nnm={"f": 2})).check(10)  # one row per client
 
 
 def test_simulate_draws_from_the_given_generator_and_keeps_state():
     rows = random_rows(4, 9, 5)
-    defense = build_defense({"_target_": "defenses.mean.Mean", "pre": [{"name": "bucketing"}]})
+    defense = build_defense({"_target_": "defenses.mean.Mean"}, pre_nodes(bucketing={}))
     server = torch.Generator().manual_seed(0)
     defense.set_generator(server)
     state = server.get_state()
@@ -388,7 +337,7 @@ def test_simulate_draws_from_the_given_generator_and_keeps_state():
     attacker = torch.Generator().manual_seed(5)
     own = defense.simulate(rows, attacker)
     assert not torch.equal(attacker.get_state(), torch.Generator().manual_seed(5).get_state())
-    reference = build_defense({"_target_": "defenses.mean.Mean", "pre": [{"name": "bucketing"}]})
+    reference = build_defense({"_target_": "defenses.mean.Mean"}, pre_nodes(bucketing={}))
     reference.set_generator(torch.Generator().manual_seed(5))
     torch.testing.assert_close(own, reference(rows))
 
@@ -523,13 +472,10 @@ ROBUST = {
     "centered_clipping": CenteredClipping(tau=10.0),
     "norm_bound": NormBound(M=10.0),
     "nnm+trimmed_mean": build_defense(
-        {"_target_": "defenses.trimmed_mean.TrimmedMean", "f": 3, "pre": ["nnm"]}
+        {"_target_": "defenses.trimmed_mean.TrimmedMean", "f": 3}, pre_nodes(nnm={"f": 3})
     ),
     "arc+median": build_defense(
-        {
-            "_target_": "defenses.median.Median",
-            "pre": [{"name": "clipping", "adaptive": True, "f": 3}],
-        }
+        {"_target_": "defenses.median.Median"}, pre_nodes(clipping={"adaptive": True, "f": 3})
     ),
 }
 
@@ -579,25 +525,24 @@ def test_preconditions_name_the_numbers(rule, n, message):
     rule.check(20)
 
 
-def test_a_pre_aggregator_without_f_says_how_to_give_it():
-    with pytest.raises(ConfigError, match=r"write \{name: nnm, f: N\}"):
-        build_defense({"_target_": "defenses.geomed.GeometricMedian", "pre": ["nnm"]})
-
-
 def test_pipeline_composes_and_checks_the_reduced_row_count():
-    rule = build_defense(
-        {
-            "_target_": "defenses.krum.Krum",
-            "f": 2,
-            "name": "krum",
-            "pre": [{"name": "bucketing", "s": 2}],
-        }
-    )
+    rule = build_defense({"_target_": "defenses.krum.Krum", "f": 2}, pre_nodes(bucketing={"s": 2}))
     assert isinstance(rule, Pipeline) and isinstance(rule.pre[0], Bucketing)
     with pytest.raises(ConfigError, match="n=5"):
         rule.check(10)  # 10 rows -> 5 buckets, and Krum with f=2 needs n > 6
-    with pytest.raises(ConfigError, match="unknown"):
-        build_defense({"_target_": "defenses.mean.Mean", "pre": ["nope"]})
+    with pytest.raises(ConfigError, match="@package pre.NAME"):
+        build_defense({"_target_": "defenses.mean.Mean"}, pre_nodes(nnm={"f": 1})["nnm"])
+
+
+def test_shipped_pre_aggregators_take_f_from_the_rule_or_the_federation():
+    from robustfl.api import compose_config
+
+    cfg = compose_config(["defense=krum", "fl.num_byzantine=3", "pre=[nnm,bucketing]"])
+    assert list(cfg.pre) == ["nnm", "bucketing"] and cfg.pre.nnm.f == cfg.defense.f == 3
+    cfg = compose_config(["defense=geomed", "fl.num_byzantine=2", "pre=[arc]"])
+    assert cfg.pre.arc.f == 2  # geomed has no f
+    with pytest.raises(ConfigError, match="pre.clipping.c"):
+        build_defense(cfg.defense, compose_config(["pre=[clipping]"]).pre)
 
 
 def test_geometric_median_from_zero_by_hand():
@@ -612,28 +557,36 @@ def test_geometric_median_from_zero_by_hand():
         GeometricMedian(init="median")
 
 
-@pytest.mark.parametrize("init", ["mean", "zero"])
-def test_weiszfeld_on_the_gram_matrix_equals_weiszfeld_on_the_rows(init):
-    """The iterations in coefficient space follow the same iterates as the direct ones
-    (float64, exact arithmetic up to rounding), for few and many iterations."""
-    from defenses.geomed import _weiszfeld_on_gram, _weiszfeld_on_rows
+def weiszfeld_on_rows(points, alpha, nu, iterations, init):
+    """Smoothed Weiszfeld written directly on the rows, for a fixed number of iterations."""
+    v = torch.zeros_like(points[0]) if init == "zero" else alpha @ points / alpha.sum()
+    for _ in range(iterations):
+        beta = alpha / (points - v).norm(dim=1).clamp(min=nu)
+        v = beta @ points / beta.sum()
+    return v
 
+
+@pytest.mark.parametrize("init", ["mean", "zero"])
+@pytest.mark.parametrize("scale", [1.0, 1e-30, 1e30])
+def test_weiszfeld_on_the_gram_matrix_equals_weiszfeld_on_the_rows(init, scale):
+    """The iterations in coefficient space follow the direct iterates (float64), at any scale,
+    also for float32 rows so small that their squares underflow."""
     g = torch.Generator().manual_seed(3)
     points = torch.randn(9, 40, generator=g, dtype=torch.float64)
     points[7] += 50.0  # an outlier
     alpha = torch.rand(9, generator=g, dtype=torch.float64) + 0.5
-    for iterations, nu in ((1, 0.1), (3, 0.1), (8, 1e-8), (500, 1e-8)):
-        norms = points.norm(dim=1)
-        fast, k_fast = _weiszfeld_on_gram(points, norms, alpha, nu, iterations, 0.0, init)
-        slow, k_slow = _weiszfeld_on_rows(points, alpha, nu, iterations, 0.0, init)
-        if iterations < 10:
-            assert k_fast == k_slow == iterations
-            torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-9)
-        else:  # both stop once the objective stops changing, at rounding level
-            assert k_fast < iterations and k_slow < iterations
-            # ... which need not be the same iteration: Weiszfeld's last steps are small but
-            # not rounding-small (2e-8 apart with torch 2.11 on 16 threads).
-            torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-6)
+    for iterations, nu in ((1, 0.1), (3, 0.1), (8, 1e-8), (60, 1e-8)):
+        got, done = geometric_median(scale * points, alpha, nu * scale, iterations, 0.0, init)
+        assert done == iterations or 10 < done < iterations  # tol = 0: stops once converged
+        expected = weiszfeld_on_rows(points, alpha, nu, done, init)
+        torch.testing.assert_close(got / scale, expected, rtol=1e-9, atol=1e-9)
+    tiny = (1e-25 * points).float()  # squares underflow float32: unscaled, G would be zero
+    torch.testing.assert_close(
+        geometric_median(tiny, alpha, 1e-33, 8, 0.0, init)[0].double() / 1e-25,
+        weiszfeld_on_rows(points, alpha, 1e-8, 8, init),
+        rtol=1e-4,
+        atol=1e-4,
+    )
 
 
 def test_geometric_median_keeps_float32_accuracy_on_rows_with_a_large_common_part():
@@ -659,10 +612,7 @@ def shipped_defense(name: str, pre: tuple = ()):
         {"fl": {"num_byzantine": 2}, "defense": OmegaConf.load(DEFENSE_DIR / f"{name}.yaml")}
     )
     node = OmegaConf.to_container(root, resolve=True)["defense"]
-    node.pop("name")
-    if pre:
-        node["pre"] = list(pre)
-    defense = build_defense(node)
+    defense = build_defense(node, pre_nodes(**dict(pre)) if pre else None)
     if isinstance(defense, Pipeline):
         for stage in defense.pre:
             stage.prepare(SimpleNamespace(defense_generator=torch.Generator().manual_seed(0)))
@@ -670,10 +620,10 @@ def shipped_defense(name: str, pre: tuple = ()):
 
 
 PRE_STAGES = (
-    ({"name": "nnm", "f": 2},),
-    ({"name": "bucketing", "s": 2},),
-    ({"name": "clipping", "c": 1.0}, {"name": "nnm", "f": 2}),
-    ({"name": "clipping", "adaptive": True, "f": 2},),
+    (("nnm", {"f": 2}),),
+    (("bucketing", {"s": 2}),),
+    (("clipping", {"c": 1.0}), ("nnm", {"f": 2})),
+    (("clipping", {"adaptive": True, "f": 2}),),
 )
 
 

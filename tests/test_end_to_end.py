@@ -116,7 +116,7 @@ def test_pre_aggregators_compose_from_the_config(tmp_path):
             "fl.num_byzantine=3",
             "attack=alie",
             "defense=trimmed_mean",
-            "defense.pre=[nnm,{name:bucketing,s:2}]",
+            "pre=[nnm,bucketing]",
         ],
         tmp_path,
     )

@@ -6,7 +6,8 @@ import torch
 from conftest import FAST
 
 from robustfl.api import compose_config, run_experiment
-from robustfl.engine import run_round, setup
+from robustfl.build import build
+from robustfl.engine import Stopwatch, run_round
 from robustfl.results import read_metrics
 from robustfl.server import ServerOptimizer
 
@@ -95,7 +96,7 @@ def test_client_momentum_persists_and_server_momentum_applies(tmp_path):
         [*FAST, "fl.momentum=0.9", "fl.server_momentum=0.5"], tmp_path / "b"
     )
     assert plain["final"]["loss"] != with_momentum["final"]["loss"]
-    sim = setup(compose_config([*FAST, "fl.momentum=0.9"]))
+    sim = build(compose_config([*FAST, "fl.momentum=0.9"]))
     assert sim.client_momentum is not None and sim.client_momentum.shape[0] == 10
 
 
@@ -105,12 +106,12 @@ def test_server_weight_decay_shrinks_the_model_as_server_sgd_does(server_momentu
     first step): with the same clients' updates, the two models differ after one round by
     exactly ``-lr_s * wd * theta``, with or without server momentum."""
     base = [*FAST, "fl.server_lr=0.5", f"fl.server_momentum={server_momentum}"]
-    plain = setup(compose_config(base))
-    decayed = setup(compose_config([*base, "fl.server_weight_decay=0.1"]))
+    plain = build(compose_config(base))
+    decayed = build(compose_config([*base, "fl.server_weight_decay=0.1"]))
     start = plain.global_params.clone()
     torch.testing.assert_close(decayed.global_params, start)
-    run_round(plain, 0, {"train_s": 0, "attack_s": 0, "aggregate_s": 0})
-    run_round(decayed, 0, {"train_s": 0, "attack_s": 0, "aggregate_s": 0})
+    run_round(plain, 0, Stopwatch({}))
+    run_round(decayed, 0, Stopwatch({}))
     torch.testing.assert_close(
         decayed.global_params - plain.global_params, -0.5 * 0.1 * start, rtol=1e-4, atol=1e-6
     )
@@ -135,10 +136,10 @@ def test_a_defense_that_asks_for_the_server_update_must_declare_its_root_set():
             super().prepare(ctx)
             self.server_vector = ctx.server_update()
 
-    sim = setup(compose_config(FAST))
+    sim = build(compose_config(FAST))
     sim.defense = Asks()
     with pytest.raises(RuntimeError, match="root_size"):
-        run_round(sim, 0, {"train_s": 0, "attack_s": 0, "aggregate_s": 0})
+        run_round(sim, 0, Stopwatch({}))
 
 
 def test_client_sampling_draws_clients_per_round(run_dir):
@@ -164,7 +165,7 @@ def test_robustness_error_is_zero_for_mean_without_byzantine_clients(run_dir):
 
 
 def test_update_matrix_is_finite_float32():
-    sim = setup(compose_config(FAST))
+    sim = build(compose_config(FAST))
     assert sim.global_params.dtype == torch.float32
     assert torch.isfinite(sim.global_params).all()
 

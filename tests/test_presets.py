@@ -31,7 +31,7 @@ def test_presets_compose_and_sweep(preset):
 def test_byzfl_preset_counts_honest_plus_byzantine():
     cfg = compose_config(["experiment=byzfl_heatmap", "fl.num_byzantine=3"])
     assert cfg.fl.num_clients == 13
-    assert [p if isinstance(p, str) else p["name"] for p in cfg.defense.pre] == ["clipping", "nnm"]
+    assert list(cfg.pre) == ["clipping", "nnm"] and cfg.pre.nnm.f == 3 and cfg.pre.clipping.c == 2
 
 
 needs_mnist = pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="shared MNIST files absent")
@@ -59,7 +59,7 @@ def test_bucketing_mimic_reduced_orderings(tmp_path):
         accuracy("defense=krum"),
         accuracy("defense=median"),
     )
-    krum_bucketed = accuracy("defense=krum", "defense.pre=[{name:bucketing,s:2}]")
+    krum_bucketed = accuracy("defense=krum", "pre=[bucketing]")
     assert krum < mean - 0.1 and median < mean - 0.05
     assert krum_bucketed > krum
 

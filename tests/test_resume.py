@@ -44,7 +44,7 @@ def test_checkpoint_is_safe_to_load_and_complete(tmp_path):
     run_experiment([*OVERRIDES, "fl.rounds=3"], tmp_path)
     saved = load_checkpoint(tmp_path)  # torch.load(weights_only=True) inside
     assert saved["run"]["next_round"] == 3
-    assert set(saved["generators"]) >= {"sampling", "batches", "attack", "defense"}
+    assert set(saved["streams"]) >= {"sampling", "batches", "attack", "defense"}
     assert isinstance(saved["defense"]["center"], torch.Tensor)
     assert saved["client_momentum"].shape[0] == 10
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from robustfl.kernels.mlp import cache_chunk_size, mlp_plan
 from robustfl.models import cnn, init_model, mlp
 from robustfl.reference import train_clients_loop
 from robustfl.training import ClientData, LocalTrainer, ParamLayout, sample_batch_indices
@@ -112,32 +113,24 @@ def test_engine_in_float32_follows_the_loop_up_to_relu_flips(momentum):
     assert (fast - slow).abs().max() < 0.1 * slow.abs().max()
 
 
-def test_automatic_chunks_hold_a_cache_sized_weight_set(monkeypatch):
-    """With ``chunk_size=0`` the CPU MLP path trains equal chunks of about 4 MiB of weights
-    once all clients' weights exceed 16 MiB; the updates do not depend on the chunking."""
-    import robustfl.training as training
+def test_chunk_sizes_keep_the_weight_set_in_the_cache():
+    assert cache_chunk_size(1000, 9610) == 100  # 38.4 MB: 10 chunks of about 4 MiB
+    assert cache_chunk_size(14, 101_770) == 14  # 5.7 MB: one
+    assert cache_chunk_size(3, 10**7) == 1
 
-    assert training.cache_chunk_size(1000, 9610) == 100  # 38.4 MB: 10 chunks
-    assert training.cache_chunk_size(14, 101_770) == 14  # 5.7 MB: one
-    assert training.cache_chunk_size(3, 10**7) == 1
+
+@pytest.mark.parametrize("chunk_size", [1, 2, 4])
+def test_updates_do_not_depend_on_the_chunking(chunk_size):
     data = make_data()
     model = init_model(mlp, (1, 8, 8), 10, seed=1)
     layout = ParamLayout.of(model)
     theta = layout.flatten(model)
     batches = sample_batch_indices(data, torch.arange(6), 3, 8, torch.Generator().manual_seed(0))
     whole = LocalTrainer(model, layout, lr=0.1, chunk_size=6).train(theta, data.x, data.y, batches)
-    calls = []
-    original = training.LocalTrainer._train_chunk
-    monkeypatch.setattr(training, "_CHUNK_ABOVE_BYTES", 0)
-    monkeypatch.setattr(training, "_CHUNK_WEIGHT_BYTES", layout.d * 4 * 2)  # 3 chunks of 2
-    monkeypatch.setattr(
-        training.LocalTrainer,
-        "_train_chunk",
-        lambda self, g, x, y, b, *rest: calls.append(len(b)) or original(self, g, x, y, b, *rest),
+    chunked = LocalTrainer(model, layout, lr=0.1, chunk_size=chunk_size)
+    torch.testing.assert_close(
+        chunked.train(theta, data.x, data.y, batches), whole, rtol=1e-5, atol=1e-7
     )
-    chunked = LocalTrainer(model, layout, lr=0.1).train(theta, data.x, data.y, batches)
-    assert calls == [2, 2, 2]
-    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-7)
 
 
 def test_batches_stay_within_each_client_and_cover_it_without_replacement():
@@ -157,7 +150,6 @@ def test_batches_stay_within_each_client_and_cover_it_without_replacement():
 
 def test_mlp_fast_path_is_used_only_for_mlps():
     from robustfl.models import logreg
-    from robustfl.training import mlp_plan
 
     assert len(mlp_plan(mlp((1, 8, 8), 10, hidden=[32, 8]))) == 3
     assert len(mlp_plan(logreg((64,), 10))) == 1

@@ -1,0 +1,1 @@
+# Makes this folder part of the robustfl.conf package, so Hydra finds it when installed.

@@ -1,0 +1,61 @@
+"""Fast paths, and the one place that chooses them.
+
+Each function here computes what its plain torch definition computes; the definition is the
+branch taken on other devices, and ``tests/test_kernels.py`` checks every fast path against
+it (ties, NaN, +-inf, float32 cancellation). Attacks and defenses are written with these
+primitives, so their modules read as their papers' definitions.
+
+| primitive | plain definition | fast path (CPU, float32 / float64) |
+|---|---|---|
+| :func:`sort_columns` | ``torch.sort(x, dim=0).values`` | numpy's sort, or a sorting network up to 24 rows |
+| :func:`column_median` | the middle of :func:`sort_columns` | numpy's selection |
+| :func:`mean_and_std` | ``x.mean(0)``, ``x.std(0)`` | two passes over cache-sized row blocks (any CPU dtype) |
+| local SGD of an MLP | ``vmap(grad(loss))`` (:mod:`robustfl.training`) | batched products by hand (:mod:`.mlp`) |
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from robustfl.kernels import columns, statistics
+
+
+def _numpy_pays(x: Tensor) -> bool:
+    """numpy's column kernels apply: a float32 or float64 matrix on the CPU."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+
+
+def sort_columns(x: Tensor) -> Tensor:
+    """``x (n, d)`` with each column sorted (each coordinate independently), NaN last:
+    ``torch.sort(x, dim=0).values``."""
+    if _numpy_pays(x):
+        return torch.from_numpy(columns.sort(x.detach().numpy()))
+    return x.sort(dim=0).values
+
+
+def median_of_sorted(ordered: Tensor) -> Tensor:
+    """The middle row of sorted columns ``(n, d)``, or the mean of the two middle rows."""
+    n = len(ordered)
+    return ordered[n // 2].clone() if n % 2 else 0.5 * (ordered[n // 2 - 1] + ordered[n // 2])
+
+
+def column_median(x: Tensor) -> Tensor:
+    """Coordinate-wise median ``(d,)`` of ``x (n, d)``: :func:`median_of_sorted` of
+    :func:`sort_columns` (NaN counts as the largest value)."""
+    if _numpy_pays(x):
+        return torch.from_numpy(columns.median(x.detach().numpy()))
+    return median_of_sorted(x.sort(dim=0).values)
+
+
+def mean_and_std(x: Tensor, unbiased: bool = True) -> tuple[Tensor, Tensor]:
+    """Coordinate-wise mean and standard deviation ``(d,)`` of ``x (m, d)``: ``x.mean(0)`` and
+    ``x.std(0)`` (``unbiased``: divide by ``m - 1``), a zero std for one row."""
+    if len(x) < 2:
+        return x.mean(dim=0), torch.zeros_like(x[0])
+    if x.device.type == "cpu":
+        return statistics.mean_and_std(x, unbiased)
+    return x.mean(dim=0), x.std(dim=0, unbiased=unbiased)
+
+
+__all__ = ["column_median", "mean_and_std", "median_of_sorted", "sort_columns"]
