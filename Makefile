@@ -8,7 +8,7 @@ STAMP   := $(VENV)/.installed
 export WANDB_MODE ?= offline
 export WANDB_ERROR_REPORTING ?= false
 
-# MNIST for the reproduction presets: $(ROBUSTFL_DATA)/mnist (the shared test-set files by default)
+# MNIST for the reproduction presets: $(ROBUSTFL_DATA)/mnist (the shared folder's official files by default)
 export ROBUSTFL_DATA ?= $(abspath ../shared/data)
 
 .PHONY: demo test test-all lint format bench reproduce clean
@@ -43,9 +43,8 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
-# The published settings (docs/results.md). On 2 cores with the default MLP: bucketing_mimic
-# took 17 minutes; byzfl_heatmap's 96 runs took 2.4 hours of process time (about 75 minutes on
-# two joblib workers).
+# The published settings (docs/results.md). On 2 cores with the default MLP: bucketing_mimic's
+# 60 runs take about 7 minutes, byzfl_heatmap's 96 runs about 35 minutes (two joblib workers).
 reproduce: $(STAMP)
 	$(BIN)/robustfl -m experiment=bucketing_mimic hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/bucketing_mimic resume=true
 	$(BIN)/robustfl -m experiment=byzfl_heatmap hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/byzfl_heatmap resume=true
