@@ -67,7 +67,7 @@ def print_aggregation(rows: list[dict]) -> None:
 
 
 def print_attack(rows: list[dict]) -> None:
-    print("\n## Adaptive attack, one round (16 evaluations): full rows vs span of the rows")
+    print("\n## Adaptive attack, one round (ByzFL's line search, 20 evaluations): full rows vs span of the rows")
     print(
         f"{'defense':<36}{'n':>4}{'d':>9}{'full ms':>10}{'span ms':>10}{'speedup':>9}  same gamma"
     )

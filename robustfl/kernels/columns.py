@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 #: Entries from which the columns are split between threads.
-PARALLEL_MIN = 1 << 17
+PARALLEL_MIN = 1 << 22
 #: Entries per column block, about 1 MiB of float32: a block that stays in the cache.
 BLOCK_ENTRIES = 1 << 18
 #: Up to this many rows numpy's partition along axis 0 gathers a column's values from cache
