@@ -36,16 +36,16 @@ def machine(device: str) -> dict:
 
 
 def print_simulation(rows: list[dict]) -> None:
-    print("\n## Simulation: one round (MLP 64-128-10, 5 local steps of batch 16, median)")
+    print("\n## Simulation: one round (local SGD of every client, then the median)")
     print(
-        f"{'workload':<26}{'engine ms':>10}{'loop ms':>10}{'speedup':>9}{'median ms':>10}"
-        f"{'updates/s':>11}{'floor ms':>9}{'x floor':>8}{'peak MiB':>9}"
+        f"{'workload':<32}{'path':>8}{'engine ms':>11}{'loop ms':>10}{'speedup':>9}"
+        f"{'median ms':>10}{'floor ms':>9}{'x floor':>8}{'peak MiB':>9}"
     )
     for r in rows:
         print(
-            f"{r['workload']:<26}{r['engine_ms']:>10.1f}{r['loop_ms']:>10.1f}"
-            f"{r['speedup']:>8.1f}x{r['median_ms']:>10.1f}{r['updates_per_s']:>11.0f}"
-            f"{r['compute_floor_ms']:>9.1f}{r['x_floor']:>8.1f}{r['peak_rss_mib']:>9.0f}"
+            f"{r['workload']:<32}{r['path']:>8}{r['engine_ms']:>11.1f}{r['loop_ms']:>10.1f}"
+            f"{r['speedup']:>8.2f}x{r['median_ms']:>10.1f}{r['compute_floor_ms']:>9.1f}"
+            f"{r['x_floor']:>8.2f}{r['peak_rss_mib']:>9.0f}"
             + (f"  GPU {r['peak_gpu_mib']:.0f} MiB" if r.get("peak_gpu_mib") is not None else "")
         )
 
@@ -67,7 +67,9 @@ def print_aggregation(rows: list[dict]) -> None:
 
 
 def print_attack(rows: list[dict]) -> None:
-    print("\n## Adaptive attack, one round (ByzFL's line search, 20 evaluations): full rows vs span of the rows")
+    print(
+        "\n## Adaptive attack, one round (ByzFL's line search, 20 evaluations): full rows vs span of the rows"
+    )
     print(
         f"{'defense':<36}{'n':>4}{'d':>9}{'full ms':>10}{'span ms':>10}{'speedup':>9}  same gamma"
     )

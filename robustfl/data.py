@@ -9,8 +9,10 @@ labels. Image data keeps its ``(C, H, W)`` shape (models flatten as they need); 
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,13 +117,24 @@ def load_synthetic(
     separation: float = 2.0,
     test_fraction: float = 0.2,
     seed: int = 0,
+    image_shape: Sequence[int] | None = None,
 ) -> Dataset:
     """A Gaussian mixture: class ``k`` is ``N(separation * u_k, I)`` in ``num_features`` dimensions.
 
     The ``u_k`` are random unit vectors, so two class means lie about ``separation * sqrt(2)``
     noise standard deviations apart whatever the dimension; labels are balanced. Deterministic
-    for a given ``seed``.
+    for a given ``seed``. With ``image_shape`` (e.g. ``[3, 32, 32]``, CIFAR's) the inputs have
+    that shape and ``num_features`` is its product: data shaped like images, for image models
+    when no image files are at hand.
     """
+    if image_shape is not None:
+        image_shape = tuple(int(v) for v in image_shape)
+        if len(image_shape) != 3 or min(image_shape) < 1:
+            raise ConfigError(
+                f"dataset.image_shape={list(image_shape)} is invalid: use [channels, height, "
+                "width] with positive entries, or null for flat features."
+            )
+        num_features = math.prod(image_shape)
     for key, value, low in (
         ("num_samples", num_samples, 2),
         ("num_features", num_features, 1),
@@ -137,8 +150,11 @@ def load_synthetic(
     y = np.arange(num_samples) % num_classes
     y = y[rng.permutation(num_samples)]
     x = (means[y] + rng.standard_normal((num_samples, num_features))).astype(np.float32)
+    if image_shape is not None:
+        x = x.reshape(num_samples, *image_shape)
     train, test = stratified_split(y, test_fraction, seed)
-    notes = [f"synthetic: {num_samples} samples, {num_features} features, {num_classes} classes"]
+    shape = list(image_shape) if image_shape is not None else num_features
+    notes = [f"synthetic: {num_samples} samples of shape {shape}, {num_classes} classes"]
     return _from_arrays(x, y.astype(np.int64), train, test, num_classes, "synthetic", notes)
 
 

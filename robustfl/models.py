@@ -86,6 +86,65 @@ def cnn(
     return nn.Sequential(*layers)
 
 
+class BasicBlock(nn.Module):
+    """He et al.'s CIFAR residual block: ``conv3x3 -> GroupNorm -> ReLU -> conv3x3 ->
+    GroupNorm``, plus the parameter-free shortcut ("option A": the input subsampled by the
+    stride and zero-padded to the new channels), then ReLU."""
+
+    def __init__(self, inputs: int, outputs: int, stride: int, groups: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inputs, outputs, 3, stride=stride, padding=1, bias=False)
+        self.norm1 = nn.GroupNorm(groups, outputs)
+        self.conv2 = nn.Conv2d(outputs, outputs, 3, padding=1, bias=False)
+        self.norm2 = nn.GroupNorm(groups, outputs)
+        self.stride, self.pad = stride, outputs - inputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.norm1(self.conv1(x)))
+        out = self.norm2(self.conv2(out))
+        shortcut = x[:, :, :: self.stride, :: self.stride]
+        if self.pad:
+            shortcut = nn.functional.pad(
+                shortcut, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2)
+            )
+        return torch.relu(out + shortcut)
+
+
+def resnet20(
+    input_shape: Sequence[int], num_classes: int, width: int = 16, groups: int = 2
+) -> nn.Module:
+    """ResNet-20 for CIFAR (He, Zhang, Ren and Sun 2016, section 4.2): a 3x3 convolution of
+    ``width`` channels, three stages of three :class:`BasicBlock` (``width``, ``2 width``,
+    ``4 width`` channels; the last two start with stride 2), global average pooling and a
+    linear head: about 0.27M parameters at ``width = 16``. GroupNorm with ``groups`` groups
+    replaces BatchNorm, so that the model is a pure function of its parameters (no running
+    statistics), as federated training with ``torch.func`` needs."""
+    shape = tuple(input_shape)
+    if len(shape) != 3:
+        raise ConfigError(
+            f"model=resnet20 needs image input (C, H, W); the data set's inputs have shape "
+            f"{shape}. Use dataset=cifar10 or dataset=synthetic_cifar."
+        )
+    if width < 1 or groups < 1 or width % groups:
+        raise ConfigError(
+            f"model.width={width}, model.groups={groups}: need width >= 1 and groups dividing "
+            "width (and so 2 width and 4 width)."
+        )
+    layers: list[nn.Module] = [
+        nn.Conv2d(shape[0], width, 3, padding=1, bias=False),
+        nn.GroupNorm(groups, width),
+        nn.ReLU(),
+    ]
+    inputs = width
+    for stage, outputs in enumerate((width, 2 * width, 4 * width)):
+        for block in range(3):
+            stride = 2 if stage and not block else 1
+            layers.append(BasicBlock(inputs, outputs, stride, groups))
+            inputs = outputs
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inputs, num_classes)]
+    return nn.Sequential(*layers)
+
+
 def init_model(builder, input_shape: Sequence[int], num_classes: int, seed: int) -> nn.Module:
     """Build a model with parameters drawn from ``seed`` (without touching the global RNG)."""
     with torch.random.fork_rng(devices=[]):

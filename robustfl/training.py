@@ -10,13 +10,17 @@ that tests compare against.
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from robustfl.kernels import TrainingPath, training_path
+from robustfl.kernels.conv import fast_twin, for_each_client
 from robustfl.kernels.mlp import Scratch, cache_chunk_size, mlp_plan, mlp_sgd_step
 
 
@@ -131,6 +135,8 @@ class LocalTrainer:
         chunk_size: clients trained together; 0 chooses: for an MLP on the CPU, cache-sized
             chunks when the clients' weights exceed 16 MiB (:func:`cache_chunk_size`),
             otherwise all at once.
+        path: ``"mlp"``, ``"clients"`` or ``"vmap"`` (see
+            :func:`robustfl.kernels.training_path`, which chooses when ``None``).
     """
 
     def __init__(
@@ -142,14 +148,21 @@ class LocalTrainer:
         weight_decay: float = 0.0,
         chunk_size: int = 0,
         dampening: float = 0.0,
+        path: TrainingPath | None = None,
     ) -> None:
         self.layout = layout
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.dampening = dampening
         self.chunk_size = chunk_size
-        self.mlp_plan = mlp_plan(model)  # MLPs take the hand-written step (robustfl.kernels)
+        device = next(model.parameters()).device
+        self.path = path or training_path(model, device)  # robustfl.kernels chooses
+        self.mlp_plan = mlp_plan(model) if self.path == "mlp" else None
         self._scratch = Scratch()  # the MLP step's tensors, reused across chunks and rounds
         self._grads = vmap(grad(make_loss(model)), in_dims=(0, 0, 0))
+        # the "clients" path: each thread with a copy of the model (functional_call swaps
+        # parameters on the module object)
+        self._twin = fast_twin(model) if self.path == "clients" else None
+        self._per_thread = threading.local()
 
     def train(
         self,
@@ -226,21 +239,51 @@ class LocalTrainer:
         if self.mlp_plan is not None:
             self._train_mlp_chunk(global_params, x, y, batches, bufs, theta)
             return
-        num, steps, _ = batches.shape
-        theta.copy_(global_params.expand(num, -1))
-        params = self.layout.unflatten(theta)
-        buffers = self.layout.unflatten(bufs) if self.momentum else None
-        for step in range(steps):
-            rows = batches[:, step]
-            grads = self._grads(params, x[rows], y[rows])
-            for name in self.layout.names:
-                g = grads[name]
-                if self.weight_decay:
-                    g.add_(params[name], alpha=self.weight_decay)
-                if self.momentum:
-                    g = buffers[name].mul_(self.momentum).add_(g, alpha=1.0 - self.dampening)
-                params[name].add_(g, alpha=-self.lr)
+        theta.copy_(global_params.expand(len(theta), -1))
+        if self.path == "clients":
+            self._train_client_by_client(x, y, batches, bufs, theta)
+        else:
+            params = self.layout.unflatten(theta)
+            buffers = self.layout.unflatten(bufs) if self.momentum else None
+            for step in range(batches.shape[1]):
+                rows = batches[:, step]
+                self._sgd_step(params, self._grads(params, x[rows], y[rows]), buffers)
         theta.sub_(global_params)
+
+    def _train_client_by_client(self, x, y, batches, bufs, theta) -> None:
+        """Convolutional models on the CPU: whole clients on parallel threads
+        (:mod:`robustfl.kernels.conv`), each thread with a copy of the model whose parameters
+        hold one client's at a time (plain autograd: ``torch.func`` costs more per operation
+        on networks of many small ones)."""
+
+        def client(c: int) -> None:
+            local = self._per_thread
+            if getattr(local, "model", None) is None:
+                local.model = copy.deepcopy(self._twin).requires_grad_(True)
+            params = list(local.model.parameters())
+            named = dict(zip(self.layout.names, params, strict=True))
+            buffers = self.layout.unflatten(bufs[c]) if self.momentum else None
+            with torch.no_grad():
+                nn.utils.vector_to_parameters(theta[c], params)
+            for rows in batches[c]:
+                loss = nn.functional.cross_entropy(local.model(x[rows]), y[rows])
+                grads = torch.autograd.grad(loss, params)
+                with torch.no_grad():
+                    self._sgd_step(named, dict(zip(self.layout.names, grads, strict=True)), buffers)
+            with torch.no_grad():
+                theta[c] = nn.utils.parameters_to_vector(params)
+
+        for_each_client(client, len(theta))
+
+    def _sgd_step(self, params: dict, grads: dict, buffers: dict | None) -> None:
+        """``torch.optim.SGD``'s step in place, buffers starting at zero (see the class)."""
+        for name in self.layout.names:
+            g = grads[name]
+            if self.weight_decay:
+                g.add_(params[name], alpha=self.weight_decay)
+            if self.momentum:
+                g = buffers[name].mul_(self.momentum).add_(g, alpha=1.0 - self.dampening)
+            params[name].add_(g, alpha=-self.lr)
 
 
 def evaluate(

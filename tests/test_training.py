@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from robustfl.kernels.mlp import cache_chunk_size, mlp_plan
-from robustfl.models import cnn, init_model, mlp
+from robustfl.models import cnn, init_model, mlp, resnet20
 from robustfl.reference import train_clients_loop
 from robustfl.training import ClientData, LocalTrainer, ParamLayout, sample_batch_indices
 
@@ -24,6 +24,14 @@ def deep_mlp(**kwargs):
     return mlp(hidden=[32, 8], **kwargs)
 
 
+def cnn_groupnorm(**kwargs):
+    return cnn(channels=[8, 16], groups=4, **kwargs)
+
+
+def small_resnet(**kwargs):
+    return resnet20(width=4, groups=2, **kwargs)
+
+
 def logreg_model(**kwargs):
     from robustfl.models import logreg
 
@@ -39,12 +47,15 @@ def logreg_model(**kwargs):
         (deep_mlp, 0.0, 1e-2, 0, 0.0),
         (deep_mlp, 0.0, 1e-2, 4, 0.0),  # weight decay as baddbmm's beta; a short last chunk
         (logreg_model, 0.5, 0.0, 3, 0.0),
-        (cnn, 0.5, 0.0, 0, 0.0),  # the vmap(grad) path
+        (cnn, 0.5, 0.0, 0, 0.0),  # client by client on parallel threads, and vmap(grad)
         (cnn, 0.5, 1e-3, 0, 0.3),
         (cnn, 0.0, 1e-3, 4, 0.0),
+        (cnn_groupnorm, 0.9, 1e-3, 0, 0.0),
+        (small_resnet, 0.9, 1e-3, 0, 0.0),
     ],
 )
-def test_engine_equals_per_client_loop(builder, momentum, weight_decay, chunk, dampening):
+@pytest.mark.parametrize("path", [None, "vmap"])
+def test_engine_equals_per_client_loop(builder, momentum, weight_decay, chunk, dampening, path):
     """In float64, where both agree to rounding: in float32 a pre-activation within rounding of
     zero can flip a ReLU in one and not the other, and that client's update then differs by
     far more than rounding (seen: 1e-3 in 64 entries, for 1 draw of the momentum in 200)."""
@@ -62,6 +73,7 @@ def test_engine_equals_per_client_loop(builder, momentum, weight_decay, chunk, d
         weight_decay=weight_decay,
         chunk_size=chunk,
         dampening=dampening,
+        path=path,
     )
     g = torch.Generator().manual_seed(2)
     buf_engine = torch.randn(6, layout.d, generator=g, dtype=torch.float64) * 0.01
@@ -183,3 +195,55 @@ def test_dampened_momentum_from_zero_is_a_moving_average_of_gradients():
             average[client] = beta * average[client] + (1 - beta) * gradient
         torch.testing.assert_close(updates, -average, rtol=1e-4, atol=1e-7)
         theta = theta + 0.1 * updates.mean(0)
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_clients_on_parallel_threads_equal_the_loop(threads):
+    """The CPU path for convolutional models trains clients side by side on threads; each
+    needs its own copy of the model (two threads sharing one broke the result)."""
+    data = make_data()
+    data.x = data.x.double()
+    model = init_model(cnn, (1, 8, 8), 10, seed=1).double()
+    layout = ParamLayout.of(model)
+    theta = layout.flatten(model)
+    batches = sample_batch_indices(data, torch.arange(6), 3, 8, torch.Generator().manual_seed(0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        trainer = LocalTrainer(model, layout, lr=0.1, momentum=0.9)
+        assert trainer.path == "clients"
+        buffers = torch.zeros(6, layout.d, dtype=torch.float64)
+        fast = trainer.train(theta, data.x, data.y, batches, buffers)
+    finally:
+        torch.set_num_threads(before)
+    slow = train_clients_loop(
+        model,
+        layout,
+        theta,
+        data.x,
+        data.y,
+        batches,
+        0.1,
+        0.9,
+        momentum_rows=torch.zeros_like(buffers),
+    )
+    torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12)
+
+
+def test_the_fast_twin_computes_the_same_function():
+    """Channels-last convolutions and pooling before the ReLU: the same outputs and gradients
+    as the model (float64)."""
+    from robustfl.kernels.conv import fast_twin
+
+    model = init_model(cnn_groupnorm, (3, 8, 8), 10, seed=3).double()
+    twin = fast_twin(model)
+    assert [n for n, _ in twin.named_parameters()] == [n for n, _ in model.named_parameters()]
+    assert type(twin[2]).__name__ == "MaxPool2d" and type(twin[3]).__name__ == "ReLU"
+    x = torch.randn(5, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(twin(x), model(x), rtol=1e-12, atol=1e-12)
+    grads = [torch.autograd.grad(m(x).square().sum(), list(m.parameters())) for m in (model, twin)]
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    resnet = init_model(resnet20, (3, 8, 8), 10, seed=4).double()
+    x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
+    torch.testing.assert_close(fast_twin(resnet)(x), resnet(x), rtol=1e-12, atol=1e-12)

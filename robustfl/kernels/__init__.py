@@ -11,14 +11,21 @@ primitives, so their modules read as their papers' definitions.
 | :func:`column_median` | the middle of :func:`sort_columns` | numpy's selection |
 | :func:`mean_and_std` | ``x.mean(0)``, ``x.std(0)`` | two passes over cache-sized row blocks (any CPU dtype) |
 | local SGD of an MLP | ``vmap(grad(loss))`` (:mod:`robustfl.training`) | batched products by hand (:mod:`.mlp`) |
+| local SGD of a CNN | ``vmap(grad(loss))`` | client by client on parallel threads (:mod:`.conv`) |
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from robustfl.kernels import columns, statistics
+from robustfl.kernels.conv import has_convolutions
+from robustfl.kernels.mlp import mlp_plan
+
+TrainingPath = Literal["mlp", "clients", "vmap"]
 
 
 def _numpy_pays(x: Tensor) -> bool:
@@ -58,4 +65,16 @@ def mean_and_std(x: Tensor, unbiased: bool = True) -> tuple[Tensor, Tensor]:
     return x.mean(dim=0), x.std(dim=0, unbiased=unbiased)
 
 
-__all__ = ["column_median", "mean_and_std", "median_of_sorted", "sort_columns"]
+def training_path(model: nn.Module, device: torch.device) -> TrainingPath:
+    """How :class:`robustfl.training.LocalTrainer` runs local SGD for ``model``: ``"mlp"``,
+    the hand-written step, for ``Sequential(Flatten, Linear, ReLU, ..., Linear)``; ``"clients"``,
+    client by client on parallel threads, for convolutional models on the CPU; ``"vmap"``,
+    the plain definition, otherwise (convolutional models on a GPU included)."""
+    if mlp_plan(model) is not None:
+        return "mlp"
+    if device.type == "cpu" and has_convolutions(model):
+        return "clients"
+    return "vmap"
+
+
+__all__ = ["column_median", "mean_and_std", "median_of_sorted", "sort_columns", "training_path"]
