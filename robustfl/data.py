@@ -124,8 +124,9 @@ def load_synthetic(
     The ``u_k`` are random unit vectors, so two class means lie about ``separation * sqrt(2)``
     noise standard deviations apart whatever the dimension; labels are balanced. Deterministic
     for a given ``seed``. With ``image_shape`` (e.g. ``[3, 32, 32]``, CIFAR's) the inputs have
-    that shape and ``num_features`` is its product: data shaped like images, for image models
-    when no image files are at hand.
+    that shape and ``num_features`` is its product, and each ``u_k`` is a random pattern on a
+    4 x 4 grid of each channel, enlarged to the image: data shaped like images, for image
+    models when no image files are at hand.
     """
     if image_shape is not None:
         image_shape = tuple(int(v) for v in image_shape)
@@ -145,7 +146,14 @@ def load_synthetic(
     if separation <= 0:
         raise ConfigError(f"dataset.separation={separation} is invalid: it must be > 0.")
     rng = numpy_generator(seed, "synthetic")
-    directions = rng.standard_normal((num_classes, num_features))
+    if image_shape is None:
+        directions = rng.standard_normal((num_classes, num_features))
+    else:  # patterns on a coarse grid, enlarged: learnable by convolutions and pooling
+        channels, height, width = image_shape
+        coarse = rng.standard_normal((num_classes, channels, min(height, 4), min(width, 4)))
+        rows = np.arange(height) * coarse.shape[2] // height
+        cols = np.arange(width) * coarse.shape[3] // width
+        directions = coarse[:, :, rows][:, :, :, cols].reshape(num_classes, num_features)
     means = separation * directions / np.linalg.norm(directions, axis=1, keepdims=True)
     y = np.arange(num_samples) % num_classes
     y = y[rng.permutation(num_samples)]

@@ -175,3 +175,25 @@ def test_every_model_trains_end_to_end(tmp_path, model):
     summary = run_experiment([*FAST, f"model={model}", "fl.rounds=6"], tmp_path / model)
     assert summary["status"] == "completed"
     assert summary["final"]["accuracy"] > 0.3
+
+
+def test_resnet20_trains_on_cifar_shaped_data(run_dir):
+    summary = run_experiment(
+        [
+            "fl.num_clients=2",
+            "fl.num_byzantine=0",
+            "fl.rounds=30",
+            "fl.eval_every=10",
+            "fl.batch_size=32",
+            "fl.lr=0.05",
+            "fl.momentum=0.9",
+            "dataset=synthetic_cifar",
+            "dataset.num_samples=1000",
+            "model=resnet20",
+            "model.width=4",
+            "progress=false",
+        ],
+        run_dir,
+    )
+    assert summary["status"] == "completed" and summary["num_parameters"] == 17_326
+    assert summary["final"]["accuracy"] > 0.3  # ten classes: chance is 0.1
