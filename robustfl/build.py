@@ -81,12 +81,13 @@ def build_client_data(
     """Every client's data (the Byzantine clients' passed through ``attack.poison_data``) and
     the partition (one index array per client)."""
     fl = cfg.fl
+    is_byzantine = federation.is_byzantine
     partition = instantiate_option(cfg.partition, _partial_=True)
     parts = partition(
         dataset.y_train.numpy(),
         fl.num_clients,
         numpy_generator(cfg.seed, "partition"),
-        byzantine=federation.is_byzantine.numpy(),
+        byzantine=is_byzantine.numpy(),
         min_size=fl.batch_size,
     )
     smallest = min(len(p) for p in parts)
@@ -101,7 +102,7 @@ def build_client_data(
     clients = []
     for client, idx in enumerate(parts):
         x, y = dataset.x_train[idx], dataset.y_train[idx]
-        if federation.is_byzantine[client]:
+        if is_byzantine[client]:
             x, y = attack.poison_data(x.clone(), y.clone(), generator)
         clients.append((x, y))
     return ClientData.from_parts(clients), parts
