@@ -5,7 +5,6 @@ search and ByzFL's shapes it is ByzFL's "optimal" ALIE and IPM)."""
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from attacks.common import repeat_row, unit_vector
+from attacks.common import check_sign, repeat_row, unit_vector
 from robustfl.contracts import Attack, RoundContext
 from robustfl.errors import ConfigError
 from robustfl.kernels import mean_and_std
@@ -208,8 +207,7 @@ class Adaptive(Attack):
         super().__init__(knowledge)
         if shape not in ("alie", "ipm", "minmax"):
             raise ConfigError(f"attack.shape={shape!r} is invalid: use 'alie', 'ipm' or 'minmax'.")
-        if sign not in (-1, 1):
-            raise ConfigError(f"attack.sign={sign!r} is invalid: use -1 (the paper) or 1 (ByzFL).")
+        check_sign(sign)
         if search not in ("grid", "line"):
             raise ConfigError(f"attack.search={search!r} is invalid: use 'grid' or 'line'.")
         if evals < 1 or start < 0 or delta <= 0 or not 0.5 < ratio < 1:
@@ -283,10 +281,7 @@ class Adaptive(Attack):
                 return float(
                     torch.linalg.vector_norm(defense.simulate(candidate, generator) + mu_c)
                 )
-            twin = copy.deepcopy(defense)
-            if generator is not None:
-                twin.set_generator(generator)
-            head, tail = twin.split_equivariant()
+            head, tail = defense.simulation_copy(generator).split_equivariant()
             for stage in head:
                 candidate = stage(candidate)
             lifted = candidate.to(span.basis.dtype) @ span.basis

@@ -8,7 +8,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from attacks.common import repeat_row
+from attacks.common import check_sign, repeat_row
 from robustfl.contracts import Attack, RoundContext
 from robustfl.errors import ConfigError
 from robustfl.kernels import mean_and_std
@@ -72,8 +72,7 @@ class ALIE(Attack):
             raise ConfigError(
                 f"attack.z_formula={z_formula!r} is invalid: use 'paper' or 'bucketing'."
             )
-        if sign not in (-1, 1):
-            raise ConfigError(f"attack.sign={sign!r} is invalid: use -1 (the paper) or 1 (ByzFL).")
+        check_sign(sign)
         self.z, self.z_formula, self.sign, self.unbiased = z, z_formula, sign, unbiased
 
     def check(self, num_clients: int, num_byzantine: int) -> None:

@@ -61,8 +61,9 @@ class CenteredClipping(Defense):
 
     def __call__(self, updates: Tensor) -> Tensor:
         center = self.center if self.center is not None else torch.zeros_like(updates[0])
-        self.center = centered_clipping(updates, center, self.tau, self.iterations)
-        return self.center
+        out = centered_clipping(updates, center, self.tau, self.iterations)
+        self.center = out.clone()  # the state must not alias what the caller receives
+        return out
 
     def reset(self) -> None:
         super().reset()

@@ -57,6 +57,8 @@ class FoolsGold(Defense):
         kappa: confidence parameter of the logit (the paper's ``kappa``, default 1).
     """
 
+    uses_client_identity = True  # its history is kept per client id
+
     def __init__(self, kappa: float = 1.0) -> None:
         super().__init__()
         if kappa <= 0:
@@ -65,8 +67,6 @@ class FoolsGold(Defense):
         self.history: Tensor | None = None
         self._ids: Tensor | None = None
         self.last_weights: Tensor | None = None
-
-    uses_client_identity = True
 
     def prepare(self, ctx) -> None:
         super().prepare(ctx)

@@ -199,14 +199,18 @@ class Defense:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
 
-    def simulate(self, updates: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Aggregate ``updates`` on a copy, leaving this object's state alone (for adaptive
-        attacks). The copy's random steps draw from ``generator`` (the attacker's own
-        stream); with ``None`` from a copy of the server's generator: the server's draws."""
+    def simulation_copy(self, generator: torch.Generator | None = None) -> Defense:
+        """A copy to aggregate on without touching this object's state (for adaptive attacks),
+        its random steps drawing from ``generator`` (the attacker's own stream); with ``None``
+        from a copy of the server's generator: the server's draws."""
         twin = copy.deepcopy(self)
         if generator is not None:
             twin.set_generator(generator)
-        return twin(updates)
+        return twin
+
+    def simulate(self, updates: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Aggregate ``updates`` on :meth:`simulation_copy` ``(generator)``."""
+        return self.simulation_copy(generator)(updates)
 
 
 class PreAggregator:

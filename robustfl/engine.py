@@ -94,7 +94,7 @@ class Simulation:
 
 
 class Stopwatch:
-    """Seconds spent per phase, summed over rounds: ``with watch("train"): ...``."""
+    """Seconds spent per phase, summed over rounds: ``with watch("train_s"): ...``."""
 
     def __init__(self, totals: dict[str, float]) -> None:
         self.totals = totals

@@ -28,7 +28,7 @@ from robustfl.kernels.mlp import mlp_plan
 TrainingPath = Literal["mlp", "clients", "vmap"]
 
 
-def _numpy_pays(x: Tensor) -> bool:
+def _numpy_applies(x: Tensor) -> bool:
     """numpy's column kernels apply: a float32 or float64 matrix on the CPU."""
     return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
 
@@ -36,7 +36,7 @@ def _numpy_pays(x: Tensor) -> bool:
 def sort_columns(x: Tensor) -> Tensor:
     """``x (n, d)`` with each column sorted (each coordinate independently), NaN last:
     ``torch.sort(x, dim=0).values``."""
-    if _numpy_pays(x):
+    if _numpy_applies(x):
         return torch.from_numpy(columns.sort(x.detach().numpy()))
     return x.sort(dim=0).values
 
@@ -50,7 +50,7 @@ def median_of_sorted(ordered: Tensor) -> Tensor:
 def column_median(x: Tensor) -> Tensor:
     """Coordinate-wise median ``(d,)`` of ``x (n, d)``: :func:`median_of_sorted` of
     :func:`sort_columns` (NaN counts as the largest value)."""
-    if _numpy_pays(x):
+    if _numpy_applies(x):
         return torch.from_numpy(columns.median(x.detach().numpy()))
     return median_of_sorted(x.sort(dim=0).values)
 
