@@ -20,6 +20,7 @@ from robustfl.contracts import Attack, Defense, PreAggregator, overrides
 from robustfl.data import Dataset
 from robustfl.engine import Evaluation, Federation, Simulation
 from robustfl.errors import ConfigError
+from robustfl.kernels import evaluation_plan
 from robustfl.models import init_model
 from robustfl.seeding import STREAMS, numpy_generator, stream_seed, torch_generator
 from robustfl.server import ServerOptimizer
@@ -158,12 +159,14 @@ def build(cfg: DictConfig) -> Simulation:
         model, layout, fl.lr, fl.momentum, fl.weight_decay, fl.chunk_size, fl.dampening
     )
     backdoor = attack.backdoor_test_set(dataset.x_test, dataset.y_test)
+    eval_model, eval_batch = evaluation_plan(model, device)
     evaluation = Evaluation(
-        model,
+        eval_model,
         layout,
         dataset.x_test.to(device),
         dataset.y_test.to(device),
         None if backdoor is None else (backdoor[0].to(device), backdoor[1].to(device)),
+        eval_batch,
     )
     global_params = layout.flatten(model)
     return Simulation(
@@ -186,4 +189,5 @@ def build(cfg: DictConfig) -> Simulation:
         streams={name: torch_generator(cfg.seed, name) for name in STREAMS},
         parts=parts,
         data_notes=dataset.notes,
+        byzantine_momentum=fl.byzantine_momentum,
     )

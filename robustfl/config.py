@@ -42,6 +42,7 @@ class FLConfig:
     lr: float = 0.05
     momentum: float = 0.0
     dampening: float = 0.0
+    byzantine_momentum: bool = True
     weight_decay: float = 0.0
     server_lr: float = 1.0
     server_momentum: float = 0.0
@@ -80,12 +81,21 @@ class BaseConfig:
     progress: bool = True
 
 
+RESOLVERS = {
+    # ${add:10,${fl.num_byzantine}}: a client count as honest plus Byzantine
+    "add": lambda *values: sum(values),
+    # ${momentum_scaled:10.0,${fl.momentum}} = 10 / (1 - momentum): a threshold on gradients
+    # carried over to momentum buffers, whose scale grows by 1 / (1 - momentum)
+    "momentum_scaled": lambda value, momentum: value / (1.0 - momentum),
+}
+
+
 def register_configs() -> None:
-    """Register the schema and the ``add`` resolver (``${add:10,${fl.num_byzantine}}``, for
-    presets whose client count is honest plus Byzantine); idempotent."""
+    """Register the schema and the resolvers of :data:`RESOLVERS`; idempotent."""
     ConfigStore.instance().store(name="base_config", node=BaseConfig)
-    if not OmegaConf.has_resolver("add"):
-        OmegaConf.register_new_resolver("add", lambda *values: sum(values))
+    for name, resolver in RESOLVERS.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
 
 
 def _require(ok: bool, message: str) -> None:

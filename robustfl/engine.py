@@ -48,21 +48,25 @@ class Federation:
 
 @dataclass
 class Evaluation:
-    """The clean test set, and the triggered one of a backdoor attack."""
+    """The clean test set, and the triggered one of a backdoor attack, evaluated with
+    ``model`` in batches of ``batch_size`` (:func:`robustfl.kernels.evaluation_plan`)."""
 
     model: nn.Module
     layout: ParamLayout
     x: Tensor
     y: Tensor
     backdoor: tuple[Tensor, Tensor] | None
+    batch_size: int = 4096
 
     def __call__(self, params: Tensor) -> dict[str, float]:
         """Accuracy and loss of the model with flat ``params (d,)``, and the attack success
         rate ``asr`` on the triggered inputs when there are any."""
-        accuracy, loss = evaluate(self.model, self.layout, params, self.x, self.y)
+        accuracy, loss = evaluate(self.model, self.layout, params, self.x, self.y, self.batch_size)
         metrics = {"accuracy": accuracy, "loss": loss}
         if self.backdoor is not None:
-            metrics["asr"], _ = evaluate(self.model, self.layout, params, *self.backdoor)
+            metrics["asr"], _ = evaluate(
+                self.model, self.layout, params, *self.backdoor, self.batch_size
+            )
         return metrics
 
 
@@ -87,6 +91,7 @@ class Simulation:
     parts: list[np.ndarray] = field(default_factory=list)
     data_notes: list[str] = field(default_factory=list)
     updates: Tensor | None = None  # the (n, d) update matrix, reused every round
+    byzantine_momentum: bool = True  # False: Byzantine clients' buffers restart every round
 
     @property
     def device(self) -> torch.device:
@@ -139,6 +144,8 @@ def train_clients(sim: Simulation, clients: Tensor) -> Tensor:
     rows = clients.to(sim.device)
     everyone = len(clients) == sim.federation.num_clients
     momentum = sim.client_momentum
+    if momentum is not None and not sim.byzantine_momentum:
+        momentum[sim.federation.byzantine_ids.to(sim.device)] = 0.0
     if momentum is not None and not everyone:
         momentum = momentum.index_select(0, rows)  # gathered, scattered back below
     if sim.updates is None or len(sim.updates) != len(clients):

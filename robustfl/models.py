@@ -86,6 +86,37 @@ def cnn(
     return nn.Sequential(*layers)
 
 
+def karimireddy_cnn(input_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """The MNIST network of Karimireddy, He and Jaggi's code (``codes/tasks/mnist.py`` of
+    ``epfml/byzantine-robust-noniid-optimizer``, as in their decentralized follow-up): PyTorch's
+    MNIST example without the ReLU after the second convolution, ``Conv3x3(32) -> ReLU ->
+    Conv3x3(64) -> MaxPool2 -> Flatten -> Linear(128) -> ReLU -> Linear``, no padding; 1,199,882
+    parameters on ``(1, 28, 28)`` input. Their two dropout layers (0.25 after pooling, 0.5 after
+    the hidden layer) are left out: training here is a pure function of the parameters and the
+    minibatch (see docs/results.md for what that changes)."""
+    shape = list(input_shape)
+    if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
+        shape = [1, math.isqrt(shape[0]), math.isqrt(shape[0])]
+    if len(shape) != 3 or shape[1] < 6 or shape[2] < 6:
+        raise ConfigError(
+            f"model=karimireddy_cnn needs image input (C, H, W) of at least 6 x 6 pixels; the "
+            f"data set's inputs have shape {tuple(input_shape)}. Use model=mlp or model=logreg."
+        )
+    height, width = (shape[1] - 4) // 2, (shape[2] - 4) // 2
+    layers: list[nn.Module] = [nn.Unflatten(1, shape)] if len(input_shape) == 1 else []
+    layers += [
+        nn.Conv2d(shape[0], 32, 3),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * height * width, 128),
+        nn.ReLU(),
+        nn.Linear(128, num_classes),
+    ]
+    return nn.Sequential(*layers)
+
+
 class BasicBlock(nn.Module):
     """He et al.'s CIFAR residual block: ``conv3x3 -> GroupNorm -> ReLU -> conv3x3 ->
     GroupNorm``, plus the parameter-free shortcut ("option A": the input subsampled by the

@@ -609,7 +609,10 @@ def shipped_defense(name: str, pre: tuple = ()):
     """The conf/defense option ``name`` (f = 2), optionally behind pre-aggregators, prepared
     with a seeded generator (bucketing draws from it)."""
     root = OmegaConf.create(
-        {"fl": {"num_byzantine": 2}, "defense": OmegaConf.load(DEFENSE_DIR / f"{name}.yaml")}
+        {
+            "fl": {"num_byzantine": 2, "momentum": 0.0},
+            "defense": OmegaConf.load(DEFENSE_DIR / f"{name}.yaml"),
+        }
     )
     node = OmegaConf.to_container(root, resolve=True)["defense"]
     defense = build_defense(node, pre_nodes(**dict(pre)) if pre else None)

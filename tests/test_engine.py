@@ -100,6 +100,30 @@ def test_client_momentum_persists_and_server_momentum_applies(tmp_path):
     assert sim.client_momentum is not None and sim.client_momentum.shape[0] == 10
 
 
+def test_byzantine_clients_without_momentum_send_plain_gradients():
+    """``fl.byzantine_momentum=false``: in round 2 the Byzantine rows are those of a run without
+    momentum, the honest rows those of a run with it (round 1 is the same in all three runs:
+    every buffer starts at zero, so it equals the first gradient)."""
+    base = [*FAST, "attack=label_flip", "fl.local_steps=1", "fl.lr=1.0", "fl.server_lr=0.1"]
+    sims = {
+        name: build(compose_config([*base, *extra]))
+        for name, extra in {
+            "plain": ["fl.momentum=0"],
+            "momentum": ["fl.momentum=0.9"],
+            "byzantine_plain": ["fl.momentum=0.9", "fl.byzantine_momentum=false"],
+        }.items()
+    }
+    rows = {}
+    for name, sim in sims.items():
+        for round_index in range(2):
+            run_round(sim, round_index, Stopwatch({}))
+        rows[name] = sim.updates.clone()
+    byz = sims["plain"].federation.is_byzantine
+    torch.testing.assert_close(rows["byzantine_plain"][byz], rows["plain"][byz])
+    torch.testing.assert_close(rows["byzantine_plain"][~byz], rows["momentum"][~byz])
+    assert not torch.allclose(rows["byzantine_plain"][byz], rows["momentum"][byz])
+
+
 @pytest.mark.parametrize("server_momentum", [0.0, 0.9])
 def test_server_weight_decay_shrinks_the_model_as_server_sgd_does(server_momentum):
     """``theta <- theta - lr_s buf``, ``buf = m buf + (-aggregate + wd theta)`` (``buf = g`` on the

@@ -80,3 +80,37 @@ def test_reproduction_presets_offer_the_cnn(preset):
     cfg = compose_config([f"experiment={preset}", "model=cnn"])
     model = instantiate_option(cfg.model, _partial_=True)(input_shape=(1, 28, 28), num_classes=10)
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_karimireddy_cnn_is_the_authors_network():
+    """Their codes/tasks/mnist.py, written out with torch.nn.functional: conv 32 -> ReLU ->
+    conv 64 (no ReLU) -> max pool 2 -> fc 128 -> ReLU -> fc 10 (dropout left out)."""
+    import torch.nn.functional as F
+
+    from robustfl.models import karimireddy_cnn
+
+    torch.manual_seed(0)
+    model = karimireddy_cnn((1, 28, 28), 10)
+    assert sum(p.numel() for p in model.parameters()) == 1_199_882
+    w1, b1, w2, b2, w3, b3, w4, b4 = model.parameters()
+    x = torch.randn(5, 1, 28, 28)
+    h = F.max_pool2d(F.conv2d(F.relu(F.conv2d(x, w1, b1)), w2, b2), 2)
+    expected = F.linear(F.relu(F.linear(h.flatten(1), w3, b3)), w4, b4)
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_convolutional_models_evaluate_the_same_on_the_fast_path():
+    from robustfl.kernels import evaluation_plan
+    from robustfl.models import karimireddy_cnn
+    from robustfl.training import ParamLayout, evaluate
+
+    torch.manual_seed(0)
+    model = karimireddy_cnn((1, 28, 28), 10)
+    layout = ParamLayout.of(model)
+    params = layout.flatten(model)
+    x, y = torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,))
+    fast, batch = evaluation_plan(model, torch.device("cpu"))
+    assert fast is not model and batch < 300
+    accuracy, loss = evaluate(model, layout, params, x, y)
+    fast_accuracy, fast_loss = evaluate(fast, layout, params, x, y, batch)
+    assert fast_accuracy == accuracy and fast_loss == pytest.approx(loss, rel=1e-5)

@@ -12,6 +12,7 @@ primitives, so their modules read as their papers' definitions.
 | :func:`mean_and_std` | ``x.mean(0)``, ``x.std(0)`` | two passes over cache-sized row blocks (any CPU dtype) |
 | local SGD of an MLP | ``vmap(grad(loss))`` (:mod:`robustfl.training`) | batched products by hand (:mod:`.mlp`) |
 | local SGD of a CNN | ``vmap(grad(loss))`` | client by client on parallel threads (:mod:`.conv`) |
+| evaluating a CNN | the model, batches of 4096 | its :func:`.conv.fast_twin`, batches of 128 |
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from robustfl.kernels import columns, statistics
-from robustfl.kernels.conv import has_convolutions
+from robustfl.kernels.conv import fast_twin, has_convolutions
 from robustfl.kernels.mlp import mlp_plan
 
 TrainingPath = Literal["mlp", "clients", "vmap"]
@@ -77,4 +78,21 @@ def training_path(model: nn.Module, device: torch.device) -> TrainingPath:
     return "vmap"
 
 
-__all__ = ["column_median", "mean_and_std", "median_of_sorted", "sort_columns", "training_path"]
+def evaluation_plan(model: nn.Module, device: torch.device) -> tuple[nn.Module, int]:
+    """The module and batch size :func:`robustfl.training.evaluate` runs ``model`` with: on the
+    CPU, a convolutional model's :func:`~robustfl.kernels.conv.fast_twin` (the same function,
+    same parameter names) in batches of 128, whose activations stay in cache; otherwise
+    ``model`` itself in batches of 4096."""
+    if device.type == "cpu" and has_convolutions(model):
+        return fast_twin(model), 128
+    return model, 4096
+
+
+__all__ = [
+    "column_median",
+    "evaluation_plan",
+    "mean_and_std",
+    "median_of_sorted",
+    "sort_columns",
+    "training_path",
+]
