@@ -1,30 +1,39 @@
-"""``robustfl-report DIR... [-o OUT]``: compare runs from their folders alone.
+"""``robustfl-report DIR... [-o OUT]``: which defense to use, and how sure that is.
 
-Reads every run folder below the given folders (single runs and sweeps, any mix), and writes
-``results.csv`` (one row per run), PNG figures (attack x defense heatmap of final accuracy
-with its spread over seeds, ASR heatmap when a backdoor ran, accuracy curves per attack with
-one line per defense) and one self-contained ``report.html`` with the images embedded and the
-ranked worst case of each defense over attacks.
+Reads every run folder below the given folders (single runs and sweeps, any mix; a run needs
+only its folder) and writes into ``OUT``:
+
+- ``results.csv``: one row per run (finished, diverged, failed or unfinished);
+- ``leaderboard.csv`` and ``cells.csv``: the statistics of :mod:`robustfl.leaderboard`;
+- ``report.html``, one self-contained page that works offline: the leaderboard (worst case
+  and mean over attacks with 95% intervals over seeds, drop from the clean run, paired gap to
+  the leader), the attack x defense heatmaps of accuracy and ASR (hover: mean, spread, seeds,
+  drop), robustness diagnostics, accuracy and ASR curves (click a defense in the legend to
+  hide it in every panel), ByzFL's worst-case grid when ``f`` or the partition parameter
+  varies, and every run. Figures are Plotly; tables are DataTables through itables (sort by
+  a column, filter with the search box).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import html
 import json
 import math
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import pandas as pd
+import plotly.graph_objects as go
 import yaml
+from itables import to_html_datatable
+from itables.javascript import generate_init_offline_itables_html
+from itables.utils import find_package_file
+from plotly.offline import get_plotlyjs
+from plotly.subplots import make_subplots
 
 from robustfl.config import defense_label
+from robustfl.leaderboard import SETTING, cells, leaderboard
 from robustfl.results import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 COLUMNS = [
@@ -33,6 +42,7 @@ COLUMNS = [
     "dataset",
     "partition",
     "partition_param",
+    "model",
     "n",
     "f",
     "seed",
@@ -40,6 +50,8 @@ COLUMNS = [
     "last5_accuracy",
     "best_accuracy",
     "asr",
+    "worst_robustness_error",
+    "byzantine_selected_share",
     "status",
     "run_dir",
 ]
@@ -98,6 +110,9 @@ def run_row(folder: Path) -> dict[str, Any]:
             "accuracy", max(accuracies) if accuracies else None
         ),
         "asr": final.get("asr"),
+        "worst_robustness_error": summary.get("worst_robustness_error"),
+        "byzantine_selected_share": summary.get("byzantine_selected_share"),
+        "model": summary.get("model") or config.get("model", {}).get("name"),
         "status": summary.get("status", "unfinished"),
         "run_dir": str(folder),
     }
@@ -116,55 +131,108 @@ def collect(roots: list[Path]) -> pd.DataFrame:
 
 
 def _order(values: pd.Series, first: str) -> list[str]:
-    names = sorted(v for v in values.dropna().unique())
+    names = sorted(str(v) for v in values.dropna().unique())
     return [first, *[v for v in names if v != first]] if first in names else names
 
 
-def heatmap(frame: pd.DataFrame, value: str, title: str, path: Path, cmap: str) -> Path | None:
-    """Attack x defense mean of ``value`` over seeds, annotated ``mean ± std``."""
-    data = frame.dropna(subset=[value])
-    if data.empty:
-        return None
-    grouped = data.groupby(["attack", "defense"])[value]
-    mean, std = grouped.mean().unstack(), grouped.std(ddof=0).unstack()
-    attacks, defenses = _order(data["attack"], "none"), _order(data["defense"], "mean")
-    mean, std = (
-        mean.reindex(index=attacks, columns=defenses),
-        std.reindex(index=attacks, columns=defenses),
+def _setting_label(row: Any) -> str:
+    param = "" if row.partition_param in ("-", None) else f"({row.partition_param})"
+    return f"{row.dataset}, {row.partition}{param}, n={row.n}, f={row.f}"
+
+
+def _settings(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """``(label, rows)`` per setting of ``frame`` (columns of :data:`SETTING`)."""
+    if frame.empty:
+        return []
+    labels = frame.apply(_setting_label, axis=1)
+    return [(label, frame[labels == label]) for label in sorted(labels.unique())]
+
+
+def heatmap_figure(table: pd.DataFrame, title: str, colorscale: str) -> go.Figure:
+    """Attack (rows) x defense (columns) heatmap of ``table`` (:func:`cells` rows of one
+    setting): each cell shows the mean over seeds; hovering gives the spread, the seeds and
+    the drop from the defense's clean run."""
+    attacks = _order(table["attack"], "none")
+    defenses = _order(table["defense"], "mean")
+    grid = table.set_index(["attack", "defense"])
+
+    def matrix(column: str) -> list[list[Any]]:
+        return [[grid[column].get((a, d), math.nan) for d in defenses] for a in attacks]
+
+    mean, std, seeds, drop = matrix("mean"), matrix("std"), matrix("seeds"), matrix("drop")
+
+    def number(value: float) -> str:
+        return "-" if value is None or math.isnan(value) else f"{value:.3f}"
+
+    custom = [
+        [
+            f"std {number(std[i][j])}, seeds {0 if math.isnan(seeds[i][j]) else int(seeds[i][j])}"
+            f"<br>drop from clean {number(drop[i][j])}"
+            for j in range(len(defenses))
+        ]
+        for i in range(len(attacks))
+    ]
+    figure = go.Figure(
+        go.Heatmap(
+            z=mean,
+            x=defenses,
+            y=attacks,
+            zmin=0,
+            zmax=1,
+            colorscale=colorscale,
+            customdata=custom,
+            texttemplate="%{z:.2f}",
+            hovertemplate="attack %{y}<br>defense %{x}<br>mean %{z:.3f}<br>%{customdata}"
+            "<extra></extra>",
+        )
     )
-    fig, ax = plt.subplots(figsize=(1.3 * len(defenses) + 2.5, 0.6 * len(attacks) + 1.8))
-    image = ax.imshow(mean.to_numpy(dtype=float), cmap=cmap, vmin=0, vmax=1, aspect="auto")
-    ax.set_xticks(range(len(defenses)), defenses, rotation=30, ha="right")
-    ax.set_yticks(range(len(attacks)), attacks)
-    for i in range(len(attacks)):
-        for j in range(len(defenses)):
-            m, s = mean.iat[i, j], std.iat[i, j]
-            if not math.isnan(m):
-                label = f"{m:.2f}" + (f"\n±{s:.2f}" if not math.isnan(s) and s > 0 else "")
-                ax.text(
-                    j,
-                    i,
-                    label,
-                    ha="center",
-                    va="center",
-                    fontsize=8,
-                    color="white" if (m < 0.5) == (cmap != "Reds") else "black",
-                )
-    ax.set_xlabel("defense")
-    ax.set_ylabel("attack")
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, fraction=0.04)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    figure.update_layout(
+        title=title,
+        xaxis_title="defense",
+        yaxis_title="attack",
+        yaxis_autorange="reversed",
+        height=120 + 40 * len(attacks),
+        margin={"l": 120, "r": 20, "t": 50, "b": 100},
+    )
+    return figure
 
 
-def curves(frame: pd.DataFrame, metric: str, path: Path) -> Path | None:
-    """Per attack, ``metric`` per round with one line per defense: mean and min-max band over
-    seeds."""
+def leaderboard_figure(board: pd.DataFrame) -> go.Figure:
+    """Worst case and mean over attacks per defense (one setting), with 95% intervals."""
+    board = board.dropna(subset=["worst"])
+    figure = go.Figure()
+    for column, low, high, name in (
+        ("worst", "worst_low", "worst_high", "worst case over attacks"),
+        ("mean_attacked", "mean_low", "mean_high", "mean over attacks"),
+    ):
+        figure.add_bar(
+            x=board["defense"],
+            y=board[column],
+            name=name,
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": (board[high] - board[column]).fillna(0),
+                "arrayminus": (board[column] - board[low]).fillna(0),
+            },
+            customdata=board[["worst_attack", "clean", "drop"]].to_numpy(),
+            hovertemplate="%{x}: %{y:.3f}<br>worst attack %{customdata[0]}"
+            "<br>clean %{customdata[1]:.3f}, drop %{customdata[2]:.3f}<extra></extra>",
+        )
+    figure.update_layout(
+        barmode="group",
+        yaxis={"range": [0, 1], "title": "final accuracy"},
+        height=380,
+        margin={"t": 30, "b": 100},
+    )
+    return figure
+
+
+def curves_figure(frame: pd.DataFrame, metric: str) -> go.Figure | None:
+    """Per attack (one panel each), ``metric`` per round, one line per defense: the mean over
+    seeds and a band from the lowest to the highest seed. Defenses share a legend entry
+    across panels, so one click hides or shows a defense everywhere."""
     data = frame[frame["status"] != "failed"]
-    attacks = _order(data["attack"], "none")
     series: dict[tuple[str, str], list[pd.Series]] = {}
     for row in data.itertuples():
         history = [h for h in read_metrics(row.run_dir) if h.get(metric) is not None]
@@ -174,48 +242,58 @@ def curves(frame: pd.DataFrame, metric: str, path: Path) -> Path | None:
             )
     if not series:
         return None
-    attacks = [a for a in attacks if any(key[0] == a for key in series)]
+    attacks = [a for a in _order(data["attack"], "none") if any(k[0] == a for k in series)]
+    defenses = sorted({d for _, d in series})
+    palette = [
+        "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+        "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    ]  # fmt: skip
+    color = {d: palette[i % len(palette)] for i, d in enumerate(defenses)}
     cols = min(3, len(attacks))
     rows = math.ceil(len(attacks) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    for ax, attack in zip(axes.flat, attacks, strict=False):
-        for (a, defense), runs in sorted(series.items()):
-            if a != attack:
+    figure = make_subplots(rows=rows, cols=cols, subplot_titles=[f"attack: {a}" for a in attacks])
+    shown: set[str] = set()
+    for index, attack in enumerate(attacks):
+        r, c = index // cols + 1, index % cols + 1
+        for defense in defenses:
+            runs = series.get((attack, defense))
+            if not runs:
                 continue
-            table = pd.concat(runs, axis=1)
-            line = ax.plot(table.index, table.mean(axis=1), label=defense)[0]
+            table = pd.concat(runs, axis=1).sort_index()
+            x = list(table.index)
             if table.shape[1] > 1:
-                ax.fill_between(
-                    table.index,
-                    table.min(axis=1),
-                    table.max(axis=1),
-                    alpha=0.2,
-                    color=line.get_color(),
+                figure.add_scatter(
+                    x=x + x[::-1],
+                    y=list(table.max(axis=1)) + list(table.min(axis=1))[::-1],
+                    fill="toself",
+                    fillcolor=color[defense],
+                    opacity=0.15,
+                    line={"width": 0},
+                    hoverinfo="skip",
+                    legendgroup=defense,
+                    showlegend=False,
+                    row=r,
+                    col=c,
                 )
-        ax.set_title(f"attack: {attack}")
-        ax.set_xlabel("round")
-        ax.set_ylabel(metric)
-        ax.set_ylim(0, 1)
-        ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(attacks) :]:
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def worst_case(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each defense's lowest mean final accuracy over attacks, ranked best first."""
-    done = frame.dropna(subset=["final_accuracy"])
-    if done.empty:
-        return pd.DataFrame(columns=["defense", "worst_accuracy", "worst_attack"])
-    means = done.groupby(["defense", "attack"])["final_accuracy"].mean().reset_index()
-    worst = means.loc[means.groupby("defense")["final_accuracy"].idxmin()]
-    worst = worst.rename(columns={"final_accuracy": "worst_accuracy", "attack": "worst_attack"})
-    return worst.sort_values("worst_accuracy", ascending=False)[
-        ["defense", "worst_accuracy", "worst_attack"]
-    ].reset_index(drop=True)
+            figure.add_scatter(
+                x=x,
+                y=table.mean(axis=1),
+                mode="lines",
+                name=defense,
+                line={"color": color[defense]},
+                legendgroup=defense,
+                showlegend=defense not in shown,
+                hovertemplate=f"{defense}<br>round %{{x}}: %{{y:.3f}}<extra></extra>",
+                row=r,
+                col=c,
+            )
+            shown.add(defense)
+    figure.update_yaxes(range=[0, 1])
+    figure.update_xaxes(title_text="round")
+    figure.update_layout(
+        height=300 * rows, title=f"{metric} per round (mean over seeds, band: min to max)"
+    )
+    return figure
 
 
 def worst_case_grid(frame: pd.DataFrame, value: str = "best_accuracy") -> pd.DataFrame:
@@ -234,71 +312,167 @@ def worst_case_grid(frame: pd.DataFrame, value: str = "best_accuracy") -> pd.Dat
     return worst[[*keys, value, "worst_attack"]].sort_values(keys).reset_index(drop=True)
 
 
-def _embed(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+def _table(frame: pd.DataFrame, table_id: str, digits: int = 3) -> str:
+    """A sortable, searchable table (DataTables through itables)."""
+    shown = frame.copy()
+    for column in shown.select_dtypes("number").columns:
+        shown[column] = shown[column].round(digits)
+    return to_html_datatable(
+        shown,
+        table_id=table_id,
+        connected=False,
+        showIndex=False,
+        classes="display compact",
+        # the search box first: itables drops the controls of its default layout when the
+        # rows fit on one page, and a short table should stay filterable
+        layout={
+            "topStart": "search",
+            "topEnd": "pageLength",
+            "bottomStart": "info",
+            "bottomEnd": "paging",
+        },
+        pageLength=25,
+    )
+
+
+def _figure(figure: go.Figure | None, div_id: str) -> str:
+    if figure is None:
+        return ""
+    return figure.to_html(full_html=False, include_plotlyjs=False, div_id=div_id)
+
+
+LEADERBOARD_COLUMNS = {
+    "rank": "rank",
+    "defense": "defense",
+    "worst": "worst case",
+    "worst_low": "worst 95% low",
+    "worst_high": "worst 95% high",
+    "worst_attack": "worst attack",
+    "mean_attacked": "mean over attacks",
+    "mean_low": "mean 95% low",
+    "mean_high": "mean 95% high",
+    "clean": "clean",
+    "drop": "drop",
+    "gap": "gap to leader",
+    "gap_low": "gap 95% low",
+    "gap_high": "gap 95% high",
+    "behind": "clearly behind",
+    "seeds": "seeds",
+}
+
+
+def _setting_section(
+    label: str, runs: pd.DataFrame, board: pd.DataFrame, table: pd.DataFrame, index: int
+) -> list[str]:
+    parts = [f"<h2>{html.escape(label)}</h2>"]
+    leader = board.iloc[0] if not board.empty else None
+    if leader is not None and not math.isnan(leader["worst"]):
+        sure = board["behind"].fillna(False).astype(bool)
+        close = board.loc[~sure & (board["rank"] > 1), "defense"].tolist()
+        verdict = (
+            f"Best worst case: <b>{html.escape(str(leader['defense']))}</b> "
+            f"({leader['worst']:.3f}, under {html.escape(str(leader['worst_attack']))}). "
+        )
+        if leader["seeds"] < 2:
+            verdict += "One seed: no interval; run more seeds (seed=0,1,2) to rank with confidence."
+        elif close:
+            verdict += (
+                "Not clearly ahead of: "
+                + ", ".join(html.escape(str(d)) for d in close)
+                + " (their paired 95% interval of the gap includes 0)."
+            )
+        else:
+            verdict += "Clearly ahead of every other defense (paired 95% intervals above 0)."
+        parts.append(f"<p class='verdict'>{verdict}</p>")
+    shown = board[[c for c in LEADERBOARD_COLUMNS if c in board]].rename(
+        columns=LEADERBOARD_COLUMNS
+    )
+    parts += [
+        "<h3>Leaderboard</h3>",
+        "<p>Final accuracy. Worst case: the lowest mean over seeds among the attacks; its "
+        "interval is over seeds. Gap: the leader's worst case minus this defense's, paired by "
+        "seed (same data and Byzantine clients); clearly behind: its interval lies above 0.</p>",
+        _table(shown, f"leaderboard_{index}"),
+        _figure(leaderboard_figure(board), f"leaderboard_plot_{index}"),
+        "<h3>Attack x defense</h3>",
+        _figure(
+            heatmap_figure(table, "final accuracy, mean over seeds", "Viridis"),
+            f"accuracy_heatmap_{index}",
+        ),
+    ]
+    asr = cells(runs, "asr")
+    if not asr.empty:
+        parts.append(
+            _figure(
+                heatmap_figure(asr, "backdoor: attack success rate", "Reds"), f"asr_heatmap_{index}"
+            )
+        )
+    diagnostics = (
+        runs.groupby(["attack", "defense"], as_index=False)[
+            ["worst_robustness_error", "byzantine_selected_share"]
+        ]
+        .mean()
+        .dropna(how="all", subset=["worst_robustness_error", "byzantine_selected_share"])
+    )
+    if not diagnostics.empty:
+        parts += [
+            "<h3>Robustness diagnostics</h3>",
+            "<p>Mean over seeds of the worst robustness error "
+            "||aggregate - honest mean|| / ||honest mean|| over rounds, and of the share of "
+            "Byzantine rows a selecting rule kept.</p>",
+            _table(diagnostics, f"diagnostics_{index}"),
+        ]
+    parts += [
+        _figure(curves_figure(runs, "accuracy"), f"accuracy_curves_{index}"),
+        _figure(curves_figure(runs, "asr"), f"asr_curves_{index}"),
+    ]
+    return parts
 
 
 def write_report(roots: list[Path], out: Path) -> Path:
-    """Write results.csv, the PNGs and report.html into ``out``; return the HTML path."""
+    """Write results.csv, leaderboard.csv, cells.csv and report.html into ``out``; return the
+    HTML path."""
     out.mkdir(parents=True, exist_ok=True)
     frame = collect(roots)
     frame.to_csv(out / "results.csv", index=False)
-    figures = [
-        heatmap(
-            frame,
-            "final_accuracy",
-            "final accuracy (mean ± std over seeds)",
-            out / "accuracy_heatmap.png",
-            "viridis",
-        ),
-        heatmap(frame, "asr", "attack success rate (backdoor)", out / "asr_heatmap.png", "Reds"),
-        curves(frame, "accuracy", out / "accuracy_curves.png"),
-        curves(frame, "asr", out / "asr_curves.png"),
-    ]
+    board = leaderboard(frame)
+    table = cells(frame)
+    board.to_csv(out / "leaderboard.csv", index=False)
+    table.to_csv(out / "cells.csv", index=False)
     counts = frame["status"].value_counts().to_dict()
-    ranked = worst_case(frame)
-    grid = worst_case_grid(frame)
-    varied = frame["f"].nunique() > 1 or frame["partition_param"].nunique() > 1
-    grid_parts = []
-    if varied and not grid.empty:
-        grid.to_csv(out / "worst_case_grid.csv", index=False)
-        for defense, part in grid.groupby("defense"):
-            table = part.pivot(index="f", columns="partition_param", values="best_accuracy")
-            grid_parts.append(
-                f"<h3>{html.escape(str(defense))}</h3>"
-                + table.to_html(float_format=lambda v: f"{v:.4f}")
-            )
     notes = sorted({n for folder in frame["run_dir"] for n in _data_notes(Path(folder))})
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>robustfl report</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 8px}"
-        "img{max-width:100%;display:block;margin:1em 0}</style></head><body>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1300px}"
+        ".verdict{font-size:1.1em;background:#f3f6fa;padding:.6em}</style>",
+        f"<script>{get_plotlyjs()}</script>",
+        generate_init_offline_itables_html(find_package_file("html/dt_bundle.js")),
+        "</head><body>",
         "<h1>robustfl report</h1>",
         f"<p>{len(frame)} runs: "
         + ", ".join(f"{v} {html.escape(str(k))}" for k, v in sorted(counts.items()))
-        + "</p>",
+        + ". A diverged run scores 0.</p>",
         "".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes),
-        "<h2>Worst case per defense (lowest mean final accuracy over attacks)</h2>",
-        ranked.to_html(index=False, float_format=lambda v: f"{v:.4f}"),
-        *(
-            [
-                "<h2>Worst case over attacks of the best accuracy, by f (rows) and partition "
-                "parameter (columns)</h2>",
-                *grid_parts,
-            ]
-            if grid_parts
-            else []
-        ),
-        *[f"<h2>{html.escape(p.stem.replace('_', ' '))}</h2>{_embed(p)}" for p in figures if p],
+    ]
+    keyed = frame.copy()
+    for column in SETTING:
+        keyed[column] = keyed[column].astype(object).fillna("-")
+    boards = {label: rows for label, rows in _settings(board)}
+    tables = {label: rows for label, rows in _settings(table)}
+    for index, (label, runs) in enumerate(_settings(keyed)):
+        if label in boards:
+            parts += _setting_section(label, runs, boards[label], tables[label], index)
+    grid = worst_case_grid(frame)
+    varied = frame["f"].nunique() > 1 or frame["partition_param"].nunique() > 1
+    if varied and not grid.empty:
+        grid.to_csv(out / "worst_case_grid.csv", index=False)
+        parts += [
+            "<h2>Worst case over attacks of the best accuracy, per f and partition parameter</h2>",
+            _table(grid, "worst_case_grid"),
+        ]
+    parts += [
         "<h2>All runs</h2>",
-        frame.drop(columns=["run_dir"]).to_html(
-            index=False, na_rep="", float_format=lambda v: f"{v:.4f}"
-        ),
-        "<script>window.addEventListener('load',()=>{const i=[...document.images];"
-        "document.body.dataset.imagesRendered=i.filter(x=>x.complete&&x.naturalWidth>0).length;"
-        "document.body.dataset.imagesTotal=i.length;});</script>",
+        _table(frame.drop(columns=["run_dir"]), "runs"),
         "</body></html>",
     ]
     target = out / "report.html"
@@ -330,7 +504,37 @@ def main(argv: list[str] | None = None) -> None:
         parser.exit(2, f"{error}\n")
     frame = pd.read_csv(out / "results.csv")
     print(f"robustfl-report: {len(frame)} runs -> {out / 'results.csv'}")
+    print(ranking_text(pd.read_csv(out / "leaderboard.csv")))
     print(f"report: {target.resolve()}")
+
+
+def _interval(low: float, high: float) -> str:
+    return "" if math.isnan(low) else f" [{low:.3f}, {high:.3f}]"
+
+
+def ranking_text(board: pd.DataFrame) -> str:
+    """The leaderboard as text, one block per setting: rank, defense, worst case over attacks
+    with its 95% interval and attack, mean over attacks, and whether it is clearly behind the
+    leader."""
+    if board.empty:
+        return "ranking: no ended runs"
+    blocks = []
+    for label, rows in _settings(board.fillna({c: "-" for c in SETTING})):
+        lines = [f"ranking ({label}), by worst-case final accuracy over attacks:"]
+        for row in rows.sort_values("rank").itertuples():
+            if isinstance(row.worst, float) and math.isnan(row.worst):
+                lines.append(
+                    f"{row.rank:>3}. {row.defense:<28} clean {row.clean:.3f} (no attack ran)"
+                )
+                continue
+            behind = "  clearly behind" if row.behind is True else ""
+            lines.append(
+                f"{row.rank:>3}. {row.defense:<28} worst {row.worst:.3f}"
+                f"{_interval(row.worst_low, row.worst_high)} ({row.worst_attack}), "
+                f"mean {row.mean_attacked:.3f}{behind}"
+            )
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Validation of user input: one clear message naming the key, before any training."""
 
 import json
+import re
 
 import pytest
 from conftest import FAST, REPO, run_cli
@@ -84,6 +85,11 @@ def test_multirun_isolates_a_failing_job(tmp_path, launcher):
     )
     assert statuses == ["completed", "failed"]  # ...but the other job completed
     assert "1 completed, 0 diverged, 1 failed" in result.stdout
+    if launcher != "submitit_local":  # submitit keeps each job's output in its own log
+        progress = re.findall(
+            r"sweep: (\d)/2 jobs done \((\d) completed, 0 diverged, (\d) failed\)", result.stdout
+        )
+        assert sorted(progress)[-1] == ("2", "1", "1")  # the last line counts both jobs
 
 
 def test_config_tree_ships_as_package_data():
@@ -128,3 +134,32 @@ def test_optuna_preset_searches_the_attack_parameter(tmp_path):
     }
     assert len(epsilons) == 3  # three trials, three different values
     assert "Best parameters" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("preset", "command_line", "total"),
+    [
+        (["experiment=grid"], [], 7 * 6 * 2 * 3),
+        (["experiment=grid"], ["attack=none,alie", "seed=0"], 2 * 6 * 2),  # the command wins
+        ([], ["attack=none,alie", "defense=mean,median,krum", "fl.rounds=3"], 6),
+        (["experiment=strongest_attack"], [], None),
+    ],
+)
+def test_sweep_size_counts_the_jobs_hydra_will_launch(preset, command_line, total):
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    from robustfl.callbacks import sweep_size
+    from robustfl.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="robustfl.conf", version_base="1.3"):
+        cfg = compose("config", overrides=preset, return_hydra_config=True)
+    with open_dict(cfg):  # what `robustfl -m PRESET COMMAND_LINE` records
+        cfg.hydra.overrides.task = [*preset, *command_line]
+    if total is None:  # the Optuna preset: its trial budget
+        assert sweep_size(cfg) == cfg.hydra.sweeper.n_trials
+    else:
+        assert sweep_size(cfg) == total
