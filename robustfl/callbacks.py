@@ -10,6 +10,7 @@ from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from robustfl.results import SUMMARY_FILE
@@ -92,7 +93,7 @@ class SweepProgress(Callback):
         (sweep_dir / PROGRESS_FILE).write_text(json.dumps({"total": sweep_size(config)}))
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if config.hydra.mode is None or str(config.hydra.mode) != "RunMode.MULTIRUN":
+        if config.hydra.mode != RunMode.MULTIRUN:
             return
         sweep_dir = Path(config.hydra.sweep.dir)
         try:

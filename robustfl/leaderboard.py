@@ -10,9 +10,9 @@ A *setting* is what the runs being compared share: data set, partition (and its 
 non-finite) scores 0: a defense that lets the model blow up is not rescued by its last finite
 evaluation.
 
-Input frames have one row per run with the columns of :data:`RUN_COLUMNS` (as
-:func:`robustfl.report.collect` builds them) plus the value compared, ``final_accuracy`` by
-default.
+Input frames have one row per run (as :func:`robustfl.report.collect` builds them): the
+columns of :data:`SETTING`, ``defense``, ``attack``, ``seed``, ``status`` and the value
+compared, ``final_accuracy`` by default.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import pandas as pd
 from scipy import stats
 
 SETTING = ["dataset", "partition", "partition_param", "n", "f"]
-RUN_COLUMNS = [*SETTING, "defense", "attack", "seed", "status"]
 CLEAN_ATTACK = "none"
 
 
@@ -43,14 +42,21 @@ def t_interval(values: np.ndarray | pd.Series, level: float = 0.95) -> tuple[flo
     return mean, mean - half, mean + half
 
 
+def fill_settings(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``frame`` whose :data:`SETTING` columns hold ``"-"`` where they are missing or
+    empty, so that grouping by setting keeps every row."""
+    filled = frame.copy()
+    for column in SETTING:
+        filled[column] = filled[column].astype(object).fillna("-") if column in filled else "-"
+    return filled
+
+
 def scored(frame: pd.DataFrame, value: str = "final_accuracy") -> pd.DataFrame:
     """The ended runs (completed or diverged) with ``value`` in column ``score``; a diverged
     run scores 0. Missing setting columns are filled with ``"-"`` so that groups stay whole."""
-    ended = frame[frame["status"].isin(["completed", "diverged"])].copy()
+    ended = fill_settings(frame[frame["status"].isin(["completed", "diverged"])])
     ended["score"] = ended[value].astype(float)
     ended.loc[ended["status"] == "diverged", "score"] = 0.0
-    for column in SETTING:
-        ended[column] = ended[column].astype(object).fillna("-") if column in ended else "-"
     return ended.dropna(subset=["score"])
 
 

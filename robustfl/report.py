@@ -33,7 +33,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from robustfl.config import defense_label
-from robustfl.leaderboard import SETTING, cells, leaderboard
+from robustfl.leaderboard import cells, fill_settings, leaderboard
 from robustfl.results import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 COLUMNS = [
@@ -141,7 +141,7 @@ def _setting_label(row: Any) -> str:
 
 
 def _settings(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """``(label, rows)`` per setting of ``frame`` (columns of :data:`SETTING`)."""
+    """``(label, rows)`` per setting of ``frame`` (:data:`robustfl.leaderboard.SETTING`)."""
     if frame.empty:
         return []
     labels = frame.apply(_setting_label, axis=1)
@@ -454,9 +454,7 @@ def write_report(roots: list[Path], out: Path) -> Path:
         + ". A diverged run scores 0.</p>",
         "".join(f"<p><i>{html.escape(n)}</i></p>" for n in notes),
     ]
-    keyed = frame.copy()
-    for column in SETTING:
-        keyed[column] = keyed[column].astype(object).fillna("-")
+    keyed = fill_settings(frame)
     boards = {label: rows for label, rows in _settings(board)}
     tables = {label: rows for label, rows in _settings(table)}
     for index, (label, runs) in enumerate(_settings(keyed)):
@@ -519,7 +517,7 @@ def ranking_text(board: pd.DataFrame) -> str:
     if board.empty:
         return "ranking: no ended runs"
     blocks = []
-    for label, rows in _settings(board.fillna({c: "-" for c in SETTING})):
+    for label, rows in _settings(fill_settings(board)):
         lines = [f"ranking ({label}), by worst-case final accuracy over attacks:"]
         for row in rows.sort_values("rank").itertuples():
             if isinstance(row.worst, float) and math.isnan(row.worst):
