@@ -53,6 +53,10 @@ reproduce: $(STAMP)
 	$(BIN)/robustfl-report outputs/reproduce/bucketing_mimic -o outputs/reproduce/bucketing_mimic/report
 	$(BIN)/robustfl-report outputs/reproduce/bucketing_momentum -o outputs/reproduce/bucketing_momentum/report
 	$(BIN)/robustfl-report outputs/reproduce/byzfl_heatmap -o outputs/reproduce/byzfl_heatmap/report
+	$(BIN)/robustfl -m experiment=privacy_tradeoff hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/privacy_tradeoff resume=true
+	$(BIN)/robustfl -m experiment=compression_tradeoff hydra/launcher=joblib hydra.sweep.dir=outputs/reproduce/compression_tradeoff resume=true
+	$(BIN)/robustfl-report outputs/reproduce/privacy_tradeoff -o outputs/reproduce/privacy_tradeoff/report
+	$(BIN)/robustfl-report outputs/reproduce/compression_tradeoff -o outputs/reproduce/compression_tradeoff/report
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

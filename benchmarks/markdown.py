@@ -84,6 +84,25 @@ def attack(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def channel(rows: list[dict]) -> str:
+    workloads = list(dict.fromkeys(r["workload"] for r in rows))
+    lines = [
+        "| channel | bits per client | " + " | ".join(workloads) + " |",
+        "|---" * (len(workloads) + 2) + "|",
+    ]
+    by_channel: dict[str, dict] = {}
+    for r in rows:
+        by_channel.setdefault(r["channel"], {})[r["workload"]] = r
+    for name, cells in by_channel.items():
+        bits = next(iter(cells.values()))["bits_per_client"]
+        texts = [
+            f"{_ms(cells[w]['round_ms'])} ({cells[w]['ratio_to_plain']:.2f}x)" if w in cells else ""
+            for w in workloads
+        ]
+        lines.append(f"| {name} | {bits:,} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).with_name("results.json")
     results = json.loads(path.read_text())
@@ -92,6 +111,7 @@ def main() -> None:
         ("simulation", simulation),
         ("aggregation", aggregation),
         ("attack", attack),
+        ("channel", channel),
     ):
         if name in results:
             print(f"## {name}\n\n{render(results[name])}\n")

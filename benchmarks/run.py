@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import aggregation, attack, simulation, sweep
+from benchmarks import aggregation, attack, channel, simulation, sweep
 
 
 def machine(device: str) -> dict:
@@ -80,12 +80,24 @@ def print_attack(rows: list[dict]) -> None:
         )
 
 
+def print_channel(rows: list[dict]) -> None:
+    print("\n## Privacy and compression: one round with each, against the same round without")
+    print(f"{'workload':<28}{'channel':<20}{'round ms':>10}{'x plain':>9}{'bits/client':>13}")
+    for r in rows:
+        print(
+            f"{r['workload']:<28}{r['channel']:<20}{r['round_ms']:>10.2f}"
+            f"{r['ratio_to_plain']:>9.2f}{r['bits_per_client']:>13,}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
-        "--only", choices=["simulation", "aggregation", "attack", "sweep"], default=None
+        "--only",
+        choices=["simulation", "aggregation", "attack", "channel", "sweep"],
+        default=None,
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
     args = parser.parse_args()
@@ -103,6 +115,9 @@ def main() -> None:
     if args.only in (None, "attack") and args.device == "cpu":
         results["attack"] = attack.run(args.quick)
         print_attack(results["attack"])
+    if args.only in (None, "channel") and args.device == "cpu":
+        results["channel"] = channel.run(args.quick)
+        print_channel(results["channel"])
     if args.only in (None, "sweep") and args.device == "cpu" and not args.quick:
         results["sweep"] = sweep.run()
         s = results["sweep"]

@@ -8,10 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from defenses.clipping import clip_scales
 from robustfl.contracts import Defense
 from robustfl.errors import ConfigError
-from robustfl.linalg import zero_nonfinite
+from robustfl.linalg import clip_scales, zero_nonfinite
 
 
 def centered_clipping(updates: Tensor, center: Tensor, tau: float, iterations: int) -> Tensor:

@@ -6,10 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from defenses.clipping import clip_scales
 from robustfl.contracts import Defense
 from robustfl.errors import ConfigError
-from robustfl.linalg import zero_nonfinite
+from robustfl.linalg import clip_scales, zero_nonfinite
 
 
 def norm_bound(

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from defenses.pipeline import Pipeline
+from robustfl.compression import Compression
 from robustfl.config import instantiate_option, option_label, validate
 from robustfl.contracts import Attack, Defense, PreAggregator, overrides
 from robustfl.data import Dataset
@@ -22,7 +23,8 @@ from robustfl.engine import Evaluation, Federation, Simulation
 from robustfl.errors import ConfigError
 from robustfl.kernels import evaluation_plan
 from robustfl.models import init_model
-from robustfl.seeding import STREAMS, numpy_generator, stream_seed, torch_generator
+from robustfl.privacy import Privacy
+from robustfl.seeding import DEVICE_STREAMS, STREAMS, numpy_generator, stream_seed, torch_generator
 from robustfl.server import ServerOptimizer
 from robustfl.training import ClientData, LocalTrainer, ParamLayout
 
@@ -56,6 +58,28 @@ def build_defense(node: Any, pre: Any = None) -> Defense:
             raise ConfigError(f"pre.{name} did not build a contracts.PreAggregator.")
         stages.append(stage)
     return Pipeline(stages, rule)
+
+
+def build_privacy(node: Any) -> Privacy:
+    """The privacy mechanism of a ``privacy`` node; none when the config has no such group."""
+    if node is None:
+        return Privacy()
+    privacy = instantiate_option(node)
+    if not isinstance(privacy, Privacy):
+        raise ConfigError(f"privacy._target_={node['_target_']} did not build a privacy.Privacy.")
+    return privacy
+
+
+def build_compression(node: Any) -> Compression:
+    """The compressor of a ``compression`` node; none when the config has no such group."""
+    if node is None:
+        return Compression()
+    compression = instantiate_option(node)
+    if not isinstance(compression, Compression):
+        raise ConfigError(
+            f"compression._target_={node['_target_']} did not build a compression.Compression."
+        )
+    return compression
 
 
 def resolve_device(name: str) -> torch.device:
@@ -134,6 +158,8 @@ def build(cfg: DictConfig) -> Simulation:
 
     attack = build_attack(cfg.attack)
     defense = build_defense(cfg.defense, cfg.get("pre"))
+    privacy = build_privacy(cfg.get("privacy"))
+    compression = build_compression(cfg.get("compression"))
     federation = build_federation(cfg)
     if fl.num_byzantine == 0 and (
         overrides(attack, Attack, "poison_data") or overrides(attack, Attack, "poison_gradients")
@@ -169,6 +195,8 @@ def build(cfg: DictConfig) -> Simulation:
         eval_batch,
     )
     global_params = layout.flatten(model)
+    privacy.bind(fl.num_clients, per_round)
+    compression.bind(fl.num_clients, layout.d, device)
     return Simulation(
         federation=federation,
         data=data.to(device),
@@ -186,8 +214,13 @@ def build(cfg: DictConfig) -> Simulation:
         client_momentum=torch.zeros(fl.num_clients, layout.d, device=device)
         if fl.momentum
         else None,
-        streams={name: torch_generator(cfg.seed, name) for name in STREAMS},
+        streams={
+            name: torch_generator(cfg.seed, name, device if name in DEVICE_STREAMS else "cpu")
+            for name in STREAMS
+        },
         parts=parts,
         data_notes=dataset.notes,
         byzantine_momentum=fl.byzantine_momentum,
+        privacy=privacy,
+        compression=compression,
     )

@@ -73,6 +73,8 @@ class BaseConfig:
     attack: Any = None
     defense: Any = None
     pre: Any = None  # {name: pre-aggregator node}, in order: pre=[clipping,nnm]
+    privacy: Any = None  # absent: no differential privacy
+    compression: Any = None  # absent: no compression
     seed: int = 0
     device: Device = Device.auto
     threads: int = 0
@@ -219,6 +221,18 @@ def fill_option_names(cfg: DictConfig) -> None:
             node = cfg.get(group)
             if isinstance(node, DictConfig) and not node.get("name"):
                 node.name = option_label(cfg, group)
+
+
+def channel_label(cfg: Any, group: str) -> str:
+    """The label of a ``privacy`` or ``compression`` option with its parameters, from a config
+    (or its plain mapping): ``"none"``, ``"local_dp(clip=1.0,noise_multiplier=2.0)"``."""
+    node = cfg.get(group) or {}
+    if not node or node.get("placement") == "none" or node.get("name") == "none":
+        return "none"
+    name = str(node.get("name") or str(node.get("_target_", "?")).rsplit(".", 1)[-1].lower())
+    skip = {"_target_", "name", "placement", "delta"}
+    params = ",".join(f"{key}={node[key]}" for key in node if key not in skip)
+    return f"{name}({params})" if params else name
 
 
 def defense_label(cfg: Any) -> str:

@@ -17,7 +17,8 @@ from robustfl.tracking import has_api_key
 def build_workspace(entity: str, project: str, name: str = "robustfl: defenses vs attacks") -> Any:
     """The workspace: runs grouped by attack then defense; a bar chart of final accuracy per
     defense (one bar group per attack, mean and std over seeds); accuracy curves; ASR and
-    robustness error."""
+    robustness error; final accuracy against privacy spent and bits sent (runs with
+    ``privacy`` or ``compression``)."""
     import wandb_workspaces.reports.v2 as wr
     import wandb_workspaces.workspaces as ws
 
@@ -42,6 +43,15 @@ def build_workspace(entity: str, project: str, name: str = "robustfl: defenses v
             groupby_aggfunc="mean",
             groupby_rangefunc="stddev",
             **options,
+        )
+
+    def against(title: str, summary_key: str) -> Any:
+        return wr.ScatterPlot(
+            title=title,
+            x=wr.SummaryMetric(summary_key),
+            y=wr.SummaryMetric("final.accuracy"),
+            log_x=True,
+            range_y=(0, 1),
         )
 
     def section(title: str, panels: list[Any], is_open: bool = True) -> Any:
@@ -78,6 +88,18 @@ def build_workspace(entity: str, project: str, name: str = "robustfl: defenses v
                         "||agg - mean(honest)|| / ||mean(honest)||", "robustness_error", log_y=True
                     ),
                     curve("Byzantine rows selected", "byzantine_selected"),
+                ],
+                is_open=False,
+            ),
+            section(
+                "Privacy and compression",
+                [
+                    against("final accuracy vs epsilon", "privacy_mechanism.epsilon"),
+                    curve("epsilon per round", "epsilon", log_y=True),
+                    against(
+                        "final accuracy vs bits per client per round",
+                        "compression_scheme.bits_per_message",
+                    ),
                 ],
                 is_open=False,
             ),

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from robustfl.compression import Compression
 from robustfl.contracts import Attack, Defense, RoundContext, overrides
+from robustfl.privacy import Privacy
 from robustfl.server import ServerOptimizer
 from robustfl.training import ClientData, LocalTrainer, ParamLayout, evaluate, sample_batch_indices
 
@@ -92,6 +94,8 @@ class Simulation:
     data_notes: list[str] = field(default_factory=list)
     updates: Tensor | None = None  # the (n, d) update matrix, reused every round
     byzantine_momentum: bool = True  # False: Byzantine clients' buffers restart every round
+    privacy: Privacy = field(default_factory=Privacy)
+    compression: Compression = field(default_factory=Compression)
 
     @property
     def device(self) -> torch.device:
@@ -116,7 +120,7 @@ class Stopwatch:
 @dataclass
 class RoundResult:
     finite: bool  # the aggregate and the new global model are finite
-    robustness_error: float  # ||aggregate - mean(honest)|| / ||mean(honest)||
+    robustness_error: float  # ||aggregate - mean(honest)|| / ||mean(honest)||, on the messages
     byzantine_selected: int | None  # Byzantine rows a selecting rule kept
     num_byzantine: int  # Byzantine rows this round
 
@@ -158,6 +162,16 @@ def train_clients(sim: Simulation, clients: Tensor) -> Tensor:
     return updates
 
 
+def transmit(sim: Simulation, updates: Tensor, clients: Tensor) -> None:
+    """Turn the rows of ``updates (n, d)`` into the messages ``clients`` send, in place: local
+    differential privacy first (clip and noise), then compression (with error feedback).
+    Without either, the updates are the messages."""
+    if not (sim.privacy.active or sim.compression.active):
+        return
+    sim.privacy.privatize_messages(updates, clients, sim.streams["privacy"])
+    sim.compression.encode(updates, clients, sim.streams["compression"])
+
+
 def poison(sim: Simulation, updates: Tensor, byz_rows: Tensor, ctx: RoundContext) -> None:
     """Replace the Byzantine rows of ``updates`` in place by the attack's crafted rows. The
     attack works on pseudo-gradients, minus the updates (``robustfl.contracts``)."""
@@ -173,7 +187,8 @@ def poison(sim: Simulation, updates: Tensor, byz_rows: Tensor, ctx: RoundContext
             f"{type(sim.attack).__name__}.poison_gradients returned shape "
             f"{tuple(crafted.shape)}, expected {tuple(byzantine.shape)}."
         )
-    updates[byz_rows] = crafted.to(updates.dtype).neg()
+    # Byzantine clients send messages valid for the protocol (robustfl.compression)
+    updates[byz_rows] = sim.compression.project(crafted.to(updates.dtype).neg())
 
 
 def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResult:
@@ -184,9 +199,11 @@ def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResul
 
     with watch("train_s"):
         updates = train_clients(sim, clients)
-        # the honest mean as one product, for the robustness error
-        honest_weights = (~is_byzantine).to(updates.dtype) / max(int((~is_byzantine).sum()), 1)
-        honest_mean = honest_weights.to(sim.device) @ updates
+    with watch("transmit_s"):
+        transmit(sim, updates, clients)
+    # the honest clients' mean message as one product, for the robustness error
+    honest_weights = (~is_byzantine).to(updates.dtype) / max(int((~is_byzantine).sum()), 1)
+    honest_mean = honest_weights.to(sim.device) @ updates
 
     ctx = RoundContext(
         round=round_index,
@@ -207,9 +224,11 @@ def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResul
         if len(byz_rows) and overrides(sim.attack, Attack, "poison_gradients"):
             poison(sim, updates, byz_rows, ctx)
     with watch("aggregate_s"):
-        aggregate = sim.defense(updates)
+        aggregate = sim.defense(sim.privacy.clip_received(updates))
         finite = bool(torch.isfinite(aggregate).all())
-        sim.server.step(aggregate)
+        sim.server.step(
+            sim.privacy.noise_aggregate(aggregate, len(clients), sim.streams["privacy"])
+        )
 
     selected = sim.defense.last_selected
     error = torch.linalg.vector_norm(aggregate - honest_mean) / torch.linalg.vector_norm(

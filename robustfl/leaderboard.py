@@ -6,7 +6,8 @@ difference between two defenses is measured seed by seed, and its spread over se
 the interval. Intervals are two-sided Student-t intervals of a mean over seeds.
 
 A *setting* is what the runs being compared share: data set, partition (and its parameter),
-``n`` and ``f``; every table here is computed per setting. A diverged run (its model became
+``n``, ``f``, the privacy mechanism and the compression (with their parameters); every table
+here is computed per setting. A diverged run (its model became
 non-finite) scores 0: a defense that lets the model blow up is not rescued by its last finite
 evaluation.
 
@@ -23,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-SETTING = ["dataset", "partition", "partition_param", "n", "f"]
+SETTING = ["dataset", "partition", "partition_param", "n", "f", "privacy", "compression"]
 CLEAN_ATTACK = "none"
 
 
@@ -166,3 +167,21 @@ def leaderboard(frame: pd.DataFrame, value: str = "final_accuracy") -> pd.DataFr
     board = pd.DataFrame(rows).reindex(columns=columns)
     board["drop"] = board["clean"] - board["worst"]
     return board.reset_index(drop=True)
+
+
+def tradeoff(frame: pd.DataFrame, board: pd.DataFrame, channel: str, measure: str) -> pd.DataFrame:
+    """Each defense's worst case and mean over attacks against what ``channel`` (``"privacy"``
+    or ``"compression"``) costs, ``measure`` (``"epsilon"`` or ``"bits_per_client"``, the mean
+    over the setting's runs): one row per :func:`leaderboard` row whose setting shares all but
+    ``channel`` with at least one other setting. Empty when ``channel`` never varies."""
+    keyed = fill_settings(frame)
+    if measure not in keyed:
+        return pd.DataFrame()
+    rest = [column for column in SETTING if column != channel]
+    varied = keyed.groupby(rest)[channel].transform("nunique") > 1
+    if not varied.any():
+        return pd.DataFrame()
+    cost = keyed[varied].groupby(SETTING, as_index=False)[measure].mean()
+    columns = ["defense", "worst", "worst_low", "worst_high", "worst_attack", "mean_attacked"]
+    joined = fill_settings(board).merge(cost, on=SETTING)
+    return joined[[*rest, channel, measure, *columns]].sort_values([*rest, "defense", measure])

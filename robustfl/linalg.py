@@ -76,3 +76,19 @@ def lowest_scores(scores: Tensor, m: int) -> Tensor:
     """Indices (sorted) of the ``m`` lowest of ``scores (n,)``; equal scores go to the lower
     index, so the selection is deterministic (Multi-Krum's rows)."""
     return torch.argsort(scores, stable=True)[:m].sort().values
+
+
+def clip_scales(norms: Tensor, threshold: Tensor | float) -> Tensor:
+    """``(n,)`` factors ``min(1, threshold / norm)`` of rows with norms ``(n,)``, and 0 for a
+    non-finite norm (a row without a direction contributes nothing)."""
+    threshold = torch.as_tensor(threshold, dtype=norms.dtype, device=norms.device)
+    scale = torch.clamp(threshold / norms.clamp(min=torch.finfo(norms.dtype).tiny), max=1.0)
+    return torch.where(torch.isfinite(norms), scale, torch.zeros_like(scale))
+
+
+def clip_rows(updates: Tensor, threshold: Tensor | float) -> Tensor:
+    """Every row of ``updates (n, d)`` scaled to norm at most ``threshold``; rows inside are
+    unchanged, non-finite rows become zero."""
+    norms = torch.linalg.vector_norm(updates, dim=1)
+    scale = clip_scales(norms, threshold)
+    return zero_nonfinite(updates, torch.isfinite(norms)) * scale[:, None]

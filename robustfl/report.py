@@ -32,8 +32,8 @@ from itables.utils import find_package_file
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from robustfl.config import defense_label
-from robustfl.leaderboard import cells, fill_settings, leaderboard
+from robustfl.config import channel_label, defense_label
+from robustfl.leaderboard import SETTING, cells, fill_settings, leaderboard, tradeoff
 from robustfl.results import METRICS_FILE, SUMMARY_FILE, read_metrics
 
 COLUMNS = [
@@ -45,6 +45,8 @@ COLUMNS = [
     "model",
     "n",
     "f",
+    "privacy",
+    "compression",
     "seed",
     "final_accuracy",
     "last5_accuracy",
@@ -52,6 +54,8 @@ COLUMNS = [
     "asr",
     "worst_robustness_error",
     "byzantine_selected_share",
+    "epsilon",
+    "bits_per_client",
     "status",
     "run_dir",
 ]
@@ -110,6 +114,10 @@ def run_row(folder: Path) -> dict[str, Any]:
             "accuracy", max(accuracies) if accuracies else None
         ),
         "asr": final.get("asr"),
+        "privacy": summary.get("privacy") or channel_label(config, "privacy"),
+        "compression": summary.get("compression") or channel_label(config, "compression"),
+        "epsilon": summary.get("privacy_mechanism", {}).get("epsilon"),
+        "bits_per_client": summary.get("compression_scheme", {}).get("bits_per_message"),
         "worst_robustness_error": summary.get("worst_robustness_error"),
         "byzantine_selected_share": summary.get("byzantine_selected_share"),
         "model": summary.get("model") or config.get("model", {}).get("name"),
@@ -137,7 +145,12 @@ def _order(values: pd.Series, first: str) -> list[str]:
 
 def _setting_label(row: Any) -> str:
     param = "" if row.partition_param in ("-", None) else f"({row.partition_param})"
-    return f"{row.dataset}, {row.partition}{param}, n={row.n}, f={row.f}"
+    label = f"{row.dataset}, {row.partition}{param}, n={row.n}, f={row.f}"
+    for channel in ("privacy", "compression"):
+        value = getattr(row, channel, "-")
+        if value not in ("-", "none", None):
+            label += f", {channel} {value}"
+    return label
 
 
 def _settings(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -224,6 +237,56 @@ def leaderboard_figure(board: pd.DataFrame) -> go.Figure:
         yaxis={"range": [0, 1], "title": "final accuracy"},
         height=380,
         margin={"t": 30, "b": 100},
+    )
+    return figure
+
+
+TRADEOFFS = {
+    "privacy": ("epsilon", "privacy spent: epsilon (log scale)"),
+    "compression": ("bits_per_client", "compressor, by bits per client per round"),
+}
+
+
+def tradeoff_figure(table: pd.DataFrame, channel: str) -> go.Figure:
+    """Worst case over attacks against the cost of ``channel`` (one line per defense and
+    setting), with 95% intervals: against epsilon on a log scale, or against the compressors
+    ordered by the bits they send (several may send the same number)."""
+    measure, title = TRADEOFFS[channel]
+    rest = [c for c in SETTING if c != channel]
+    table = table.sort_values([measure, channel], ascending=channel == "privacy")
+    if channel == "compression":
+        x_values = table[channel].str.split("(").str[0] + table[measure].map(
+            lambda bits: f" ({bits:,.0f} bits)"
+        )
+        xaxis = {"title": title, "type": "category", "categoryarray": x_values.unique()}
+    else:
+        x_values = table[measure]
+        xaxis = {"title": title, "type": "log"}
+    table = table.assign(x=x_values)
+    several = table[rest].drop_duplicates().shape[0] > 1
+    figure = go.Figure()
+    for key, part in table.groupby([*rest, "defense"], sort=True):
+        setting = ", ".join(str(v) for v in key[:-1] if v not in ("-", "none"))
+        figure.add_scatter(
+            x=part["x"],
+            y=part["worst"],
+            mode="lines+markers",
+            name=str(key[-1]) + (f" ({setting})" if several else ""),
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": (part["worst_high"] - part["worst"]).fillna(0),
+                "arrayminus": (part["worst"] - part["worst_low"]).fillna(0),
+            },
+            customdata=part[[channel, measure, "worst_attack"]].to_numpy(),
+            hovertemplate="%{customdata[0]}<br>" + measure + " %{customdata[1]:.4g}: "
+            "worst case %{y:.3f}<br>under %{customdata[2]}<extra>%{fullData.name}</extra>",
+        )
+    figure.update_layout(
+        xaxis=xaxis,
+        yaxis={"range": [0, 1], "title": "worst case over attacks (final accuracy)"},
+        height=420,
+        margin={"t": 30},
     )
     return figure
 
@@ -361,10 +424,24 @@ LEADERBOARD_COLUMNS = {
 }
 
 
+def _channel_costs(runs: pd.DataFrame) -> list[str]:
+    """A line with the setting's privacy spent and bits per client, when it has them."""
+    costs = []
+    epsilon = pd.to_numeric(runs.get("epsilon"), errors="coerce").dropna()
+    if len(epsilon):
+        costs.append(f"privacy spent: epsilon = {epsilon.max():.4g} (the largest of its runs)")
+    elif (runs.get("privacy", pd.Series(dtype=object)).fillna("none") != "none").any():
+        costs.append("privacy spent: epsilon = inf (clipping without noise)")
+    bits = pd.to_numeric(runs.get("bits_per_client"), errors="coerce").dropna()
+    if len(bits):
+        costs.append(f"bits per client per round: {int(bits.max()):,}")
+    return [f"<p class='costs'>{'; '.join(costs)}.</p>"] if costs else []
+
+
 def _setting_section(
     label: str, runs: pd.DataFrame, board: pd.DataFrame, table: pd.DataFrame, index: int
 ) -> list[str]:
-    parts = [f"<h2>{html.escape(label)}</h2>"]
+    parts = [f"<h2>{html.escape(label)}</h2>", *_channel_costs(runs)]
     leader = board.iloc[0] if not board.empty else None
     if leader is not None and not math.isnan(leader["worst"]):
         sure = board["behind"].fillna(False).astype(bool)
@@ -460,6 +537,18 @@ def write_report(roots: list[Path], out: Path) -> Path:
     for index, (label, runs) in enumerate(_settings(keyed)):
         if label in boards:
             parts += _setting_section(label, runs, boards[label], tables[label], index)
+    for channel, (measure, _) in TRADEOFFS.items():
+        table = tradeoff(frame, board, channel, measure)
+        if table.empty:
+            continue
+        table.to_csv(out / f"{channel}_tradeoff.csv", index=False)
+        parts += [
+            f"<h2>Worst case over attacks against {html.escape(measure.replace('_', ' '))}</h2>",
+            f"<p>Each defense's leaderboard worst case (95% interval over seeds) in every "
+            f"{channel} setting of otherwise equal runs.</p>",
+            _figure(tradeoff_figure(table, channel), f"{channel}_tradeoff"),
+            _table(table, f"{channel}_tradeoff_table"),
+        ]
     grid = worst_case_grid(frame)
     varied = frame["f"].nunique() > 1 or frame["partition_param"].nunique() > 1
     if varied and not grid.empty:

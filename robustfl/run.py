@@ -16,14 +16,20 @@ from omegaconf import DictConfig
 
 from robustfl.build import build
 from robustfl.checkpoint import load_checkpoint, save_checkpoint
-from robustfl.config import defense_label, fill_option_names, option_label, to_container
+from robustfl.config import (
+    channel_label,
+    defense_label,
+    fill_option_names,
+    option_label,
+    to_container,
+)
 from robustfl.engine import RoundResult, Simulation, Stopwatch, run_round
 from robustfl.partition import partition_hash
 from robustfl.results import SUMMARY_FILE, MetricsWriter, config_hash, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-PHASES = ("train_s", "attack_s", "aggregate_s", "eval_s")
+PHASES = ("train_s", "transmit_s", "attack_s", "aggregate_s", "eval_s")
 
 
 class Tracker(Protocol):
@@ -78,6 +84,8 @@ def run_info(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "num_clients": int(cfg.fl.num_clients),
         "num_byzantine": int(cfg.fl.num_byzantine),
+        "privacy": channel_label(cfg, "privacy"),
+        "compression": channel_label(cfg, "compression"),
     }
 
 
@@ -113,6 +121,8 @@ def checkpoint_state(sim: Simulation, state: RunState, digest: str) -> dict[str,
         "streams": {name: g.get_state() for name, g in sim.streams.items()},
         "attack": sim.attack.state_dict(),
         "defense": sim.defense.state_dict(),
+        "privacy": sim.privacy.state_dict(),
+        "compression": sim.compression.state_dict(),
     }
 
 
@@ -128,6 +138,10 @@ def restore(sim: Simulation, saved: dict[str, Any]) -> RunState:
     device = sim.device
     sim.defense.load_state_dict(
         {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in saved["defense"].items()}
+    )
+    sim.privacy.load_state_dict(saved.get("privacy", {}))
+    sim.compression.load_state_dict(
+        {k: v.to(device) for k, v in saved.get("compression", {}).items()}
     )
     return RunState(**saved["run"])
 
@@ -183,6 +197,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
                     "robustness_error": result.robustness_error,
                     "byzantine_selected": result.byzantine_selected,
                     "num_byzantine": result.num_byzantine,
+                    **_channel_metrics(sim, r + 1),
                     **{f"time_{k}": v for k, v in state.timers.items() if k != "total_s"},
                     "elapsed_s": time.perf_counter() - offset,
                 }
@@ -214,6 +229,16 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
     return summary
 
 
+def _channel_metrics(sim: Simulation, rounds: int) -> dict[str, float]:
+    """Privacy spent after ``rounds`` rounds and bits per message, for a run that uses them."""
+    metrics: dict[str, float] = {}
+    if sim.privacy.active:
+        metrics["epsilon"] = sim.privacy.epsilon(rounds)
+    if sim.compression.active:
+        metrics["bits_per_client"] = sim.compression.bits_per_message()
+    return metrics
+
+
 def _summary(cfg: DictConfig, sim: Simulation, digest: str, state: RunState) -> dict[str, Any]:
     finite = [h for h in state.history if math.isfinite(h["accuracy"])]
     final = {
@@ -238,6 +263,14 @@ def _summary(cfg: DictConfig, sim: Simulation, digest: str, state: RunState) -> 
         "partition_hash": partition_hash(sim.parts),
         "config_hash": digest,
         "num_parameters": sim.trainer.layout.d,
+        "privacy_mechanism": {
+            **sim.privacy.describe(),
+            **({"epsilon": sim.privacy.epsilon(state.next_round)} if sim.privacy.active else {}),
+        },
+        "compression_scheme": {
+            **sim.compression.describe(),
+            "compression_ratio": 32 * sim.trainer.layout.d / sim.compression.bits_per_message(),
+        },
         "device": str(sim.device),
         "data_notes": sim.data_notes,
         "timings": {k: round(v, 6) for k, v in state.timers.items()},

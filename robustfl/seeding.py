@@ -15,7 +15,9 @@ import torch
 
 #: The streams the engine keeps between rounds (and checkpoints); others are used once at
 #: set-up: "partition", "byzantine", "poison_data", "model", "root", "split".
-STREAMS = ("sampling", "batches", "attack", "defense", "server")
+STREAMS = ("sampling", "batches", "attack", "defense", "server", "privacy", "compression")
+#: Streams that live on the run's device: they draw noise of the size of the update matrix.
+DEVICE_STREAMS = ("privacy", "compression")
 
 
 def stream_seed(seed: int, stream: str) -> int:

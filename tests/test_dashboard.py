@@ -45,3 +45,21 @@ def test_saving_without_an_api_key_says_what_to_do(tmp_path):
     )
     assert result.returncode == 1
     assert "needs a W&B API key" in result.stderr and "wandb login" in result.stderr
+
+
+def test_workspace_plots_accuracy_against_epsilon_and_bits(tmp_path):
+    """The scatter plots read summary keys that a run with privacy and compression writes to
+    W&B (its summary, flattened as the tracker does)."""
+    from conftest import FAST
+
+    from robustfl.api import run_experiment
+    from robustfl.tracking import flatten
+
+    summary = run_experiment([*FAST, "privacy=local", "compression=sign"], tmp_path)
+    logged = flatten(summary)
+    sections = {s.name: s for s in build_workspace("team", "robustfl").sections}
+    panels = sections["Privacy and compression"].panels
+    xs = [str(getattr(p.x, "name", p.x)) for p in panels if type(p).__name__ == "ScatterPlot"]
+    assert xs == ["privacy_mechanism.epsilon", "compression_scheme.bits_per_message"]
+    assert all(isinstance(logged[x], float | int) for x in [*xs, "final.accuracy"])
+    assert any(getattr(p, "y", None) == ["epsilon"] for p in panels)

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from robustfl.leaderboard import cells, leaderboard, t_interval
+from robustfl.leaderboard import cells, leaderboard, t_interval, tradeoff
 
 T_975_2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (tables: 4.303)
 
@@ -105,3 +105,21 @@ def test_settings_are_ranked_separately():
     board = leaderboard(pd.concat([rows, other]))
     leaders = board[board["rank"] == 1].set_index("f")["defense"].to_dict()
     assert leaders == {2: "A", 4: "B"}
+
+
+def test_privacy_settings_are_ranked_apart_and_traded_off_against_epsilon():
+    """Runs that differ in the privacy mechanism are separate settings; the trade-off table
+    pairs each setting's worst case with its epsilon."""
+    plain = runs(grid())
+    plain["privacy"], plain["epsilon"] = "none", math.inf
+    noisy = runs(grid())
+    noisy["privacy"], noisy["epsilon"] = "local_dp(noise_multiplier=1.0)", 40.0
+    noisy["final_accuracy"] -= 0.5  # noise costs 0.5 everywhere
+    frame = pd.concat([plain, noisy])
+    board = leaderboard(frame)
+    assert len(board) == 4 and board.groupby("privacy")["rank"].max().tolist() == [2, 2]
+    table = tradeoff(frame, board, "privacy", "epsilon").set_index(["defense", "privacy"])
+    assert table.loc[("A", "none"), "worst"] == pytest.approx(0.65)  # A's worst: y
+    assert table.loc[("A", "local_dp(noise_multiplier=1.0)"), "worst"] == pytest.approx(0.15)
+    assert table.loc[("B", "local_dp(noise_multiplier=1.0)"), "epsilon"] == 40.0
+    assert tradeoff(plain, leaderboard(plain), "privacy", "epsilon").empty  # nothing varies

@@ -21,7 +21,16 @@ def sweep_params(preset: str) -> dict:
 
 
 @pytest.mark.parametrize(
-    "preset", ["grid", "heterogeneity", "bucketing_mimic", "bucketing_momentum", "byzfl_heatmap"]
+    "preset",
+    [
+        "grid",
+        "heterogeneity",
+        "bucketing_mimic",
+        "bucketing_momentum",
+        "byzfl_heatmap",
+        "privacy_tradeoff",
+        "compression_tradeoff",
+    ],
 )
 def test_presets_compose_and_sweep(preset):
     params = sweep_params(preset)

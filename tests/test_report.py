@@ -203,3 +203,32 @@ def test_report_works_offline_in_headless_chromium(runs, tmp_path):
         page.wait_for_function(f"{curves}.some(t => t.visible === 'legendonly')", timeout=5000)
         assert problems == [] and requests == []
         browser.close()
+
+
+def test_privacy_and_compression_appear_beside_accuracy(tmp_path):
+    """Runs that differ only in the noise are two settings, with epsilon and bits per client in
+    results.csv and a trade-off table and figure in the page."""
+    for sigma in (0.5, 2.0):
+        for attack in ("none", "sign_flip"):
+            run_experiment(
+                [
+                    *FAST,
+                    f"attack={attack}",
+                    "privacy=local",
+                    f"privacy.noise_multiplier={sigma}",
+                    "compression=qsgd",
+                ],
+                tmp_path / "runs" / f"{attack}_{sigma}",
+            )
+    main([str(tmp_path / "runs"), "-o", str(tmp_path / "out")])
+    frame = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert frame["privacy"].nunique() == 2 and frame["compression"].str.startswith("qsgd").all()
+    assert (frame.groupby("privacy")["epsilon"].nunique() == 1).all()
+    assert frame["bits_per_client"].nunique() == 1 and frame["bits_per_client"].iloc[0] > 0
+    table = pd.read_csv(tmp_path / "out" / "privacy_tradeoff.csv")
+    assert len(table) == 2  # one defense in two privacy settings
+    eps = table.set_index("privacy")["epsilon"]
+    assert eps[eps.index.str.contains("noise_multiplier=0.5")].iloc[0] > eps.min()  # less noise
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "privacy_tradeoff" in page and "Worst case over attacks against epsilon" in page
+    assert not (tmp_path / "out" / "compression_tradeoff.csv").exists()  # one compressor

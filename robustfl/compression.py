@@ -1,0 +1,326 @@
+"""Compressed client messages: sparsification, quantization and signs, with error feedback.
+
+Every compressor maps the rows of an update matrix ``(n, d)`` to the messages the clients
+send, kept in their decoded, dense form ``(n, d)`` (what the server aggregates), all rows at
+once. The compressors:
+
+- ``top_k``: the ``k`` coordinates of largest magnitude (Stich, Cordonnier and Jaggi 2018,
+  "Sparsified SGD with Memory"; Aji and Heafield 2017).
+- ``rand_k``: ``k`` coordinates drawn uniformly, scaled by ``d / k`` to be unbiased unless
+  ``rescale=false`` (Stich et al. 2018).
+- ``qsgd``: stochastic quantization to ``s`` levels per bucket of coordinates, unbiased
+  (Alistarh, Grubic, Li, Tomioka and Vojnovic 2017, "QSGD").
+- ``sign``: the sign of every coordinate (Bernstein, Zhao, Azizzadenesheli and Anandkumar
+  2019, "signSGD with Majority Vote is Communication Efficient and Fault Tolerant"), or the
+  scaled sign ``||x||_1 / d * sign(x)`` of EF-signSGD (Karimireddy, Rebjock, Stich and Jaggi
+  2019, "Error Feedback Fixes SignSGD and other Gradient Compression Schemes").
+
+**Error feedback** (Karimireddy et al. 2019): each client keeps the residual ``e`` of what it
+did not send, across rounds, and sends ``C(u + e)``, then keeps ``e <- u + e - C(u + e)``.
+It needs a contractive compressor (top-k, rand-k without rescaling, the scaled sign).
+
+**Byzantine clients** send messages valid for the protocol: the engine passes every crafted
+row through :meth:`Compression.project`, the protocol's message closest to it (top-k for
+sparse messages, the nearest level for QSGD, the sign for sign messages).
+
+**Bits** are those of a fixed-length encoding: 32 bits per float, ``ceil(log2 d)`` per
+coordinate index, ``1 + ceil(log2(s + 1))`` per QSGD coordinate (sign and level), 1 per sign.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from robustfl.errors import ConfigError
+
+FLOAT_BITS = 32
+
+
+def top_k(x: Tensor, k: int) -> Tensor:
+    """Each row of ``x (n, d)`` with all but its ``k`` largest-magnitude coordinates zeroed."""
+    index = torch.topk(x.abs(), k, dim=1, sorted=False).indices
+    return torch.zeros_like(x).scatter_(1, index, x.gather(1, index))
+
+
+def rand_k(x: Tensor, k: int, generator: torch.Generator, rescale: bool = True) -> Tensor:
+    """Each row of ``x (n, d)`` restricted to ``k`` coordinates drawn uniformly without
+    replacement, independently per row, times ``d / k`` if ``rescale`` (then unbiased)."""
+    draws = torch.rand(x.shape, generator=generator, device=x.device)
+    index = torch.topk(draws, k, dim=1, sorted=False).indices
+    values = x.gather(1, index)
+    if rescale:
+        values = values * (x.shape[1] / k)
+    return torch.zeros_like(x).scatter_(1, index, values)
+
+
+def _buckets(x: Tensor, bucket_size: int) -> tuple[Tensor, int]:
+    """``x (n, d)`` zero-padded and viewed as ``(n, buckets, bucket_size)``; and ``d``."""
+    n, d = x.shape
+    size = d if bucket_size == 0 else bucket_size
+    pad = -d % size
+    padded = torch.nn.functional.pad(x, (0, pad)) if pad else x
+    return padded.reshape(n, -1, size), d
+
+
+def qsgd(
+    x: Tensor, levels: int, bucket_size: int, generator: torch.Generator | None = None
+) -> Tensor:
+    """QSGD's quantization of each bucket ``v`` of ``bucket_size`` coordinates of the rows of
+    ``x (n, d)`` (0: the whole row): ``||v||_2 sign(v_i) xi_i / s`` with ``s = levels`` and
+    ``xi_i`` the level ``l = floor(s |v_i| / ||v||)`` rounded up to ``l + 1`` with probability
+    ``s |v_i| / ||v|| - l``, so that ``E[Q(v)] = v``. Without a ``generator``, the nearest level
+    instead (deterministic, biased): the projection of an arbitrary row onto QSGD messages."""
+    buckets, d = _buckets(x, bucket_size)
+    norms = torch.linalg.vector_norm(buckets, dim=2, keepdim=True)
+    level = buckets.abs().mul_(levels / norms.clamp(min=torch.finfo(x.dtype).tiny))
+    if generator is None:
+        level.round_()
+    else:  # floor(r + u) is floor(r) + 1 with probability r - floor(r)
+        draws = torch.rand(level.shape, generator=generator, device=x.device, dtype=x.dtype)
+        level.add_(draws).floor_()
+    quantized = torch.copysign(level.mul_(norms / levels), buckets)
+    return quantized.reshape(len(x), -1)[:, :d]
+
+
+def sign(x: Tensor, scaled: bool = False) -> Tensor:
+    """``sign(x)`` per coordinate with ``sign(0) = +1`` (one bit), or with ``scaled`` the row's
+    mean magnitude times it: ``||x_j||_1 / d * sign(x_j)`` per row ``x_j`` of ``x (n, d)``.
+    NaN stays NaN (:meth:`Sign.project` sends +1 for it)."""
+    signs = torch.sign(x).add_(x == 0)
+    if scaled:
+        signs = signs * x.abs().mean(dim=1, keepdim=True)
+    return signs
+
+
+class Compression:
+    """No compression: every client sends its update as 32-bit floats. Subclasses override
+    :meth:`compress` (and :meth:`project` when the compressor is random).
+
+    Args:
+        error_feedback: keep each client's residual across rounds and add it to its next
+            update before compressing (Karimireddy et al. 2019).
+    """
+
+    name = "none"
+    #: Whether error feedback may be used (the compressor is contractive).
+    contractive: bool = True
+    active: bool = False
+
+    def __init__(self, error_feedback: bool = False) -> None:
+        if error_feedback and not self.active:
+            raise ConfigError(
+                "compression.error_feedback=true needs a compressor: choose one with "
+                "compression=top_k|rand_k|qsgd|sign."
+            )
+        if error_feedback and not self.contractive:
+            raise ConfigError(
+                f"compression.error_feedback=true is invalid with compression={self.name}: "
+                "error feedback needs a contractive compressor. " + self.contractive_hint()
+            )
+        self.error_feedback = error_feedback
+        self.memory: Tensor | None = None  # (num_clients, d) residuals
+        self.d = 0
+
+    def contractive_hint(self) -> str:
+        return ""
+
+    def bind(self, num_clients: int, d: int, device: torch.device) -> None:
+        """Learn the model's size before the first round (called once)."""
+        self.d = d
+        if self.error_feedback:
+            self.memory = torch.zeros(num_clients, d, device=device)
+
+    def compress(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        """The messages ``(n, d)`` of the rows of ``x (n, d)``."""
+        return x
+
+    def project(self, x: Tensor) -> Tensor:
+        """The valid messages ``(n, d)`` closest to arbitrary rows ``x (n, d)`` (what a
+        Byzantine client can send); deterministic compressors send ``compress(x)``."""
+        return self.compress(x, None)  # type: ignore[arg-type]
+
+    def encode(self, updates: Tensor, clients: Tensor, generator: torch.Generator) -> None:
+        """Replace the rows of ``updates (n, d)``, those of ``clients (n,)``, by their
+        messages, in place, through each client's error-feedback memory if kept."""
+        if not self.active:
+            return
+        if self.memory is None:
+            updates.copy_(self.compress(updates, generator))
+            return
+        if len(clients) == len(self.memory):  # everyone: the memory rows are in order
+            corrected = updates.add_(self.memory)
+            messages = self.compress(corrected, generator)
+            torch.sub(corrected, messages, out=self.memory)
+        else:
+            rows = clients.to(updates.device)
+            corrected = updates.add_(self.memory.index_select(0, rows))
+            messages = self.compress(corrected, generator)
+            self.memory[rows] = corrected - messages
+        updates.copy_(messages)
+
+    def bits_per_message(self) -> int:
+        """Bits one client sends per round."""
+        return FLOAT_BITS * self.d
+
+    def describe(self) -> dict[str, Any]:
+        """The compressor's parameters and bits per message, for the run's summary."""
+        return {"name": self.name, "bits_per_message": self.bits_per_message()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {} if self.memory is None else {"memory": self.memory}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "memory" in state and self.memory is not None:
+            self.memory.copy_(state["memory"])
+
+
+def _check_ratio(name: str, ratio: float) -> None:
+    if not 0 < ratio < 1:
+        raise ConfigError(
+            f"compression.ratio={ratio} is invalid for compression={name}: the fraction of "
+            "coordinates sent must be in (0, 1) (use compression=none to send all of them)."
+        )
+
+
+class Sparsification(Compression):
+    """Keep ``k = max(1, round(ratio d))`` coordinates per message, sent as (index, value)
+    pairs."""
+
+    active = True
+
+    def __init__(self, ratio: float, error_feedback: bool = False) -> None:
+        _check_ratio(self.name, ratio)
+        self.ratio = ratio
+        super().__init__(error_feedback)
+
+    @property
+    def k(self) -> int:
+        return max(1, round(self.ratio * self.d))
+
+    def project(self, x: Tensor) -> Tensor:
+        # any k-sparse row is a valid message; the closest one in l2 keeps the top k
+        return top_k(x, self.k)
+
+    def bits_per_message(self) -> int:
+        return self.k * (FLOAT_BITS + max(1, math.ceil(math.log2(self.d))))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ratio": self.ratio,
+            "k": self.k,
+            "error_feedback": self.error_feedback,
+            "bits_per_message": self.bits_per_message(),
+        }
+
+
+class TopK(Sparsification):
+    """Top-k sparsification (see :func:`top_k`)."""
+
+    name = "top_k"
+
+    def compress(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return top_k(x, self.k)
+
+
+class RandK(Sparsification):
+    """Random-k sparsification (see :func:`rand_k`); unbiased with ``rescale``."""
+
+    name = "rand_k"
+
+    def __init__(self, ratio: float, rescale: bool = True, error_feedback: bool = False) -> None:
+        self.rescale = rescale
+        self.contractive = not rescale
+        super().__init__(ratio, error_feedback)
+
+    def contractive_hint(self) -> str:
+        return "Set compression.rescale=false (rand-k scaled by d/k is unbiased, not contractive)."
+
+    def compress(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return rand_k(x, self.k, generator, self.rescale)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "rescale": self.rescale}
+
+
+class QSGD(Compression):
+    """QSGD with ``levels`` levels per bucket of ``bucket_size`` coordinates (see
+    :func:`qsgd`; 0: one bucket per message). Unbiased, not contractive."""
+
+    name = "qsgd"
+    active = True
+    contractive = False
+
+    def __init__(
+        self, levels: int = 16, bucket_size: int = 512, error_feedback: bool = False
+    ) -> None:
+        if levels < 1:
+            raise ConfigError(f"compression.levels={levels} is invalid: it must be >= 1.")
+        if bucket_size < 0:
+            raise ConfigError(
+                f"compression.bucket_size={bucket_size} is invalid: use 0 (the whole message "
+                "is one bucket) or a positive number of coordinates."
+            )
+        self.levels = levels
+        self.bucket_size = bucket_size
+        super().__init__(error_feedback)
+
+    def contractive_hint(self) -> str:
+        return "Use compression=top_k, rand_k with rescale=false, or sign with scaled=true."
+
+    def compress(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        return qsgd(x, self.levels, self.bucket_size, generator)
+
+    def project(self, x: Tensor) -> Tensor:
+        return qsgd(x, self.levels, self.bucket_size, None)
+
+    def bits_per_message(self) -> int:
+        buckets = 1 if self.bucket_size == 0 else math.ceil(self.d / self.bucket_size)
+        return buckets * FLOAT_BITS + self.d * (1 + math.ceil(math.log2(self.levels + 1)))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "levels": self.levels,
+            "bucket_size": self.bucket_size,
+            "error_feedback": self.error_feedback,
+            "bits_per_message": self.bits_per_message(),
+        }
+
+
+class Sign(Compression):
+    """Sign compression (see :func:`sign`): plain signs for signSGD (pair with
+    ``defense=majority_vote``), or ``scaled`` signs for EF-signSGD."""
+
+    name = "sign"
+    active = True
+
+    def __init__(self, scaled: bool = False, error_feedback: bool = False) -> None:
+        self.scaled = scaled
+        self.contractive = scaled
+        super().__init__(error_feedback)
+
+    def contractive_hint(self) -> str:
+        return "Set compression.scaled=true (EF-signSGD's scaled sign, Karimireddy et al. 2019)."
+
+    def compress(self, x: Tensor, generator: torch.Generator | None) -> Tensor:
+        return sign(x, self.scaled)
+
+    def project(self, x: Tensor) -> Tensor:
+        # one bit cannot carry NaN: a Byzantine NaN is sent as +1
+        return sign(torch.nan_to_num(x, nan=0.0), self.scaled)
+
+    def bits_per_message(self) -> int:
+        return self.d + (FLOAT_BITS if self.scaled else 0)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "scaled": self.scaled,
+            "error_feedback": self.error_feedback,
+            "bits_per_message": self.bits_per_message(),
+        }
