@@ -89,6 +89,8 @@ RESOLVERS = {
     # ${momentum_scaled:10.0,${fl.momentum}} = 10 / (1 - momentum): a threshold on gradients
     # carried over to momentum buffers, whose scale grows by 1 / (1 - momentum)
     "momentum_scaled": lambda value, momentum: value / (1.0 - momentum),
+    # ${defense_label:}: the defense behind its pre-aggregators, "nnm+median", for folder names
+    "defense_label": lambda *, _root_: defense_label(_root_),
 }
 
 

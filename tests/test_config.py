@@ -75,11 +75,17 @@ def test_multirun_isolates_a_failing_job(tmp_path, launcher):
         "-m",
         *FAST,
         "defense=median,bulyan",
+        "pre=[nnm]",
         f"hydra/launcher={launcher}",
         f"hydra.sweep.dir={tmp_path}/s",
         cwd=tmp_path,
     )
     assert result.returncode != 0  # the sweep reports its failure...
+    # job folders name the defense behind its pre-aggregators
+    folders = sorted(
+        p.name for p in (tmp_path / "s").iterdir() if p.is_dir() and p.name[0].isdigit()
+    )
+    assert folders == ["0_none-vs-nnm+median-s0", "1_none-vs-nnm+bulyan-s0"]
     statuses = sorted(
         json.loads(p.read_text())["status"] for p in (tmp_path / "s").glob("*/summary.json")
     )
