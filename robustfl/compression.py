@@ -166,9 +166,18 @@ class Compression:
         """Bits one client sends per round."""
         return FLOAT_BITS * self.d
 
+    def parameters(self) -> dict[str, Any]:
+        """The compressor's own settings (subclasses add theirs)."""
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """The compressor's parameters and bits per message, for the run's summary."""
-        return {"name": self.name, "bits_per_message": self.bits_per_message()}
+        return {
+            "name": self.name,
+            **self.parameters(),
+            "error_feedback": self.error_feedback,
+            "bits_per_message": self.bits_per_message(),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         return {} if self.memory is None else {"memory": self.memory}
@@ -208,14 +217,8 @@ class Sparsification(Compression):
     def bits_per_message(self) -> int:
         return self.k * (FLOAT_BITS + max(1, math.ceil(math.log2(self.d))))
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "ratio": self.ratio,
-            "k": self.k,
-            "error_feedback": self.error_feedback,
-            "bits_per_message": self.bits_per_message(),
-        }
+    def parameters(self) -> dict[str, Any]:
+        return {"ratio": self.ratio, "k": self.k}
 
 
 class TopK(Sparsification):
@@ -243,8 +246,8 @@ class RandK(Sparsification):
     def compress(self, x: Tensor, generator: torch.Generator) -> Tensor:
         return rand_k(x, self.k, generator, self.rescale)
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "rescale": self.rescale}
+    def parameters(self) -> dict[str, Any]:
+        return {**super().parameters(), "rescale": self.rescale}
 
 
 class QSGD(Compression):
@@ -282,14 +285,8 @@ class QSGD(Compression):
         buckets = 1 if self.bucket_size == 0 else math.ceil(self.d / self.bucket_size)
         return buckets * FLOAT_BITS + self.d * (1 + math.ceil(math.log2(self.levels + 1)))
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "levels": self.levels,
-            "bucket_size": self.bucket_size,
-            "error_feedback": self.error_feedback,
-            "bits_per_message": self.bits_per_message(),
-        }
+    def parameters(self) -> dict[str, Any]:
+        return {"levels": self.levels, "bucket_size": self.bucket_size}
 
 
 class Sign(Compression):
@@ -317,10 +314,5 @@ class Sign(Compression):
     def bits_per_message(self) -> int:
         return self.d + (FLOAT_BITS if self.scaled else 0)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "scaled": self.scaled,
-            "error_feedback": self.error_feedback,
-            "bits_per_message": self.bits_per_message(),
-        }
+    def parameters(self) -> dict[str, Any]:
+        return {"scaled": self.scaled}

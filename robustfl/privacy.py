@@ -55,13 +55,6 @@ def gaussian_mechanism_(
     return updates
 
 
-def gaussian_mechanism(
-    updates: Tensor, clip: float, noise_multiplier: float, generator: torch.Generator
-) -> Tensor:
-    """:func:`gaussian_mechanism_` on a copy of ``updates``."""
-    return gaussian_mechanism_(updates.clone(), clip, noise_multiplier, generator)
-
-
 def noised_aggregate(
     aggregate: Tensor, rows: int, clip: float, noise_multiplier: float, generator: torch.Generator
 ) -> Tensor:
@@ -160,7 +153,8 @@ class Privacy:
 
     def bind(self, num_clients: int, clients_per_round: int) -> None:
         """Learn the federation's size before the first round (called once)."""
-        self.participations = torch.zeros(num_clients, dtype=torch.long)
+        if self.placement == "local":  # the local account follows each client's releases
+            self.participations = torch.zeros(num_clients, dtype=torch.long)
         self.accountant = PrivacyAccountant(
             self.placement, self.noise_multiplier, self.delta, clients_per_round / num_clients
         )
@@ -169,11 +163,12 @@ class Privacy:
         self, updates: Tensor, clients: Tensor, generator: torch.Generator
     ) -> None:
         """Local placement: replace the rows of ``updates (n, d)``, those of ``clients (n,)``,
-        by their Gaussian mechanism, in place; count the participations."""
-        if self.participations is not None:
-            self.participations[clients.cpu()] += 1
-        if self.placement == "local":
-            gaussian_mechanism_(updates, self.clip, self.noise_multiplier, generator)
+        by their Gaussian mechanism, in place, and count the clients' releases."""
+        if self.placement != "local":
+            return
+        assert self.participations is not None, "bind() first"
+        self.participations[clients.cpu()] += 1
+        gaussian_mechanism_(updates, self.clip, self.noise_multiplier, generator)
 
     def clip_received(self, updates: Tensor) -> Tensor:
         """Central placement: the server clips every received row ``(n, d)``."""
