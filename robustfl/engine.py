@@ -137,7 +137,10 @@ def server_update(sim: Simulation) -> Tensor:
     batches = sample_batch_indices(
         sim.root, clients, sim.local_steps, sim.batch_size, sim.streams["server"]
     )
-    return sim.trainer.train(sim.global_params, sim.root.x, sim.root.y, batches)[0]
+    seeds = sim.trainer.dropout.seeds(1, sim.streams["server"])
+    return sim.trainer.train(
+        sim.global_params, sim.root.x, sim.root.y, batches, dropout_seeds=seeds
+    )[0]
 
 
 def train_clients(sim: Simulation, clients: Tensor) -> Tensor:
@@ -154,8 +157,9 @@ def train_clients(sim: Simulation, clients: Tensor) -> Tensor:
         momentum = momentum.index_select(0, rows)  # gathered, scattered back below
     if sim.updates is None or len(sim.updates) != len(clients):
         sim.updates = torch.empty(len(clients), sim.trainer.layout.d, device=sim.device)
+    seeds = sim.trainer.dropout.seeds(len(clients), sim.streams["dropout"])
     updates = sim.trainer.train(
-        sim.global_params, sim.data.x, sim.data.y, batches, momentum, out=sim.updates
+        sim.global_params, sim.data.x, sim.data.y, batches, momentum, sim.updates, seeds
     )
     if momentum is not None and not everyone:
         sim.client_momentum[rows] = momentum

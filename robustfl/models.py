@@ -1,4 +1,5 @@
-"""Models. All are pure functions of their parameters (no BatchNorm running statistics), so
+"""Models. All are pure functions of their parameters (no BatchNorm running statistics) and,
+in training, of the dropout masks they are given (:class:`MaskedDropout`), so
 :func:`torch.func.functional_call` and :func:`torch.vmap` can train many clients at once.
 
 Each builder takes the input shape (without the batch dimension) and the number of classes
@@ -11,7 +12,7 @@ import math
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from robustfl.errors import ConfigError
 
@@ -86,14 +87,76 @@ def cnn(
     return nn.Sequential(*layers)
 
 
-def karimireddy_cnn(input_shape: Sequence[int], num_classes: int) -> nn.Module:
+class MaskedDropout(nn.Module):
+    """Dropout (Srivastava et al. 2014) with the mask given rather than drawn inside.
+
+    In training mode the output is ``x * mask``, with ``mask`` the module's buffer of that
+    name, whose entries are 0 or ``1 / (1 - p)``; in evaluation mode, ``x``. Local training
+    sets the buffer for every client and step from that client's own generator
+    (:class:`robustfl.training.DropoutMasks`), so training stays a function of the
+    parameters, the minibatch and a seed: reproducible, and the same on every training path
+    (threads, ``vmap``, the per-client reference loop). With the mask drawn as in
+    :meth:`draw`, the output equals ``torch.nn.functional.dropout`` (or ``dropout2d``) run
+    with the same seed.
+
+    Args:
+        p: the probability of zeroing an element, or a channel.
+        channelwise: on ``(N, C, H, W)`` inputs, zero whole channels (``nn.Dropout2d``); on
+            ``(N, F)`` inputs drop element by element either way, as ``nn.Dropout2d`` did before
+            PyTorch 1.12.
+    """
+
+    def __init__(self, p: float, channelwise: bool = False) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"dropout p={p} is invalid: use 0 <= p < 1.")
+        self.p, self.channelwise = float(p), channelwise
+        self.register_buffer("mask", torch.empty(0), persistent=False)
+
+    def mask_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+        """The mask's shape for an input of ``input_shape`` ``(N, ...)``: ``(N, C, 1, ..., 1)``
+        when channelwise on inputs of three or more dimensions, else ``input_shape``."""
+        shape = tuple(input_shape)
+        if self.channelwise and len(shape) > 2:
+            return (*shape[:2], *(1,) * (len(shape) - 2))
+        return shape
+
+    def draw(
+        self, input_shape: Sequence[int], generator: torch.Generator, dtype: torch.dtype
+    ) -> Tensor:
+        """A mask for an input of ``input_shape``: Bernoulli(1 - p) draws from ``generator``
+        (on its device), divided by 1 - p."""
+        keep = 1.0 - self.p
+        mask = torch.empty(self.mask_shape(input_shape), dtype=dtype, device=generator.device)
+        return mask.bernoulli_(keep, generator=generator).div_(keep)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training:
+            return x
+        if self.mask.shape != self.mask_shape(x.shape):
+            raise RuntimeError(
+                f"MaskedDropout in training mode needs a mask of shape "
+                f"{self.mask_shape(x.shape)} for its input {tuple(x.shape)}, has "
+                f"{tuple(self.mask.shape)}: local training sets it (robustfl.training."
+                "DropoutMasks); call model.eval() to evaluate."
+            )
+        return x * self.mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, channelwise={self.channelwise}"
+
+
+def karimireddy_cnn(
+    input_shape: Sequence[int], num_classes: int, dropout: bool = True
+) -> nn.Module:
     """The MNIST network of Karimireddy, He and Jaggi's code (``codes/tasks/mnist.py`` of
     ``epfml/byzantine-robust-noniid-optimizer``, as in their decentralized follow-up): PyTorch's
     MNIST example without the ReLU after the second convolution, ``Conv3x3(32) -> ReLU ->
-    Conv3x3(64) -> MaxPool2 -> Flatten -> Linear(128) -> ReLU -> Linear``, no padding; 1,199,882
-    parameters on ``(1, 28, 28)`` input. Their two dropout layers (0.25 after pooling, 0.5 after
-    the hidden layer) are left out: training here is a pure function of the parameters and the
-    minibatch (see docs/results.md for what that changes)."""
+    Conv3x3(64) -> MaxPool2 -> Dropout2d(0.25) -> Flatten -> Linear(128) -> ReLU ->
+    Dropout2d(0.5) -> Linear``, no padding; 1,199,882 parameters on ``(1, 28, 28)`` input.
+    Their ``nn.Dropout2d`` zeroes whole channels after pooling and, on the hidden layer's
+    ``(N, 128)`` output, single units (PyTorch before 1.12): :class:`MaskedDropout` layers,
+    left out with ``dropout=False``."""
     shape = list(input_shape)
     if len(shape) == 1 and math.isqrt(shape[0]) ** 2 == shape[0]:
         shape = [1, math.isqrt(shape[0]), math.isqrt(shape[0])]
@@ -104,16 +167,11 @@ def karimireddy_cnn(input_shape: Sequence[int], num_classes: int) -> nn.Module:
         )
     height, width = (shape[1] - 4) // 2, (shape[2] - 4) // 2
     layers: list[nn.Module] = [nn.Unflatten(1, shape)] if len(input_shape) == 1 else []
-    layers += [
-        nn.Conv2d(shape[0], 32, 3),
-        nn.ReLU(),
-        nn.Conv2d(32, 64, 3),
-        nn.MaxPool2d(2),
-        nn.Flatten(),
-        nn.Linear(64 * height * width, 128),
-        nn.ReLU(),
-        nn.Linear(128, num_classes),
-    ]
+    layers += [nn.Conv2d(shape[0], 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.MaxPool2d(2)]
+    layers += [MaskedDropout(0.25, channelwise=True)] if dropout else []
+    layers += [nn.Flatten(), nn.Linear(64 * height * width, 128), nn.ReLU()]
+    layers += [MaskedDropout(0.5, channelwise=True)] if dropout else []
+    layers.append(nn.Linear(128, num_classes))
     return nn.Sequential(*layers)
 
 

@@ -9,7 +9,7 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from robustfl.training import ParamLayout
+from robustfl.training import DropoutMasks, ParamLayout
 
 
 def train_clients_loop(
@@ -24,14 +24,21 @@ def train_clients_loop(
     weight_decay: float = 0.0,
     momentum_rows: Tensor | None = None,
     dampening: float = 0.0,
+    dropout_seeds: Tensor | None = None,
 ) -> Tensor:
     """The updates ``(C, d)`` of ``C`` clients trained one after another on ``batches
     (C, steps, B)``. With ``momentum_rows (C, d)`` the clients' momentum buffers are loaded
     into each optimizer and written back, as the engine keeps them across rounds (the engine's
-    buffers start at zero: pass zeros to match its first round)."""
+    buffers start at zero: pass zeros to match its first round). A model with dropout takes
+    one seed per client in ``dropout_seeds (C,)``, its masks drawn as
+    :class:`~robustfl.training.DropoutMasks` defines them."""
     updates = []
     for client in range(len(batches)):
-        local = copy.deepcopy(model)
+        local = copy.deepcopy(model).train()
+        dropout = DropoutMasks(local)
+        if dropout:
+            shapes = dropout.input_shapes(local, x[0])
+            generator = dropout.generator(dropout_seeds[client], x.device)
         torch.nn.utils.vector_to_parameters(global_params.clone(), local.parameters())
         optimizer = torch.optim.SGD(
             local.parameters(),
@@ -46,6 +53,8 @@ def train_clients_loop(
             ):
                 optimizer.state[param]["momentum_buffer"] = buf.clone()
         for rows in batches[client]:
+            if dropout:
+                dropout.install(dropout.draw(shapes, len(rows), generator, x.dtype))
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(local(x[rows]), y[rows])
             loss.backward()

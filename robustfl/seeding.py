@@ -1,7 +1,7 @@
 """Independent, named random streams derived from one seed.
 
 Every random choice of a run draws from its own stream (``"partition"``, ``"byzantine"``,
-``"sampling"``, ``"batches"``, ``"attack"``, ``"model"``, ...), so changing one component
+``"sampling"``, ``"batches"``, ``"dropout"``, ``"attack"``, ``"model"``, ...), so changing one component
 (say the defense) never shifts the randomness another one sees: runs that differ only in the
 defense get the same partition, Byzantine ids and minibatches.
 """
@@ -15,7 +15,16 @@ import torch
 
 #: The streams the engine keeps between rounds (and checkpoints); others are used once at
 #: set-up: "partition", "byzantine", "poison_data", "model", "root", "split".
-STREAMS = ("sampling", "batches", "attack", "defense", "server", "privacy", "compression")
+STREAMS = (
+    "sampling",
+    "batches",
+    "dropout",
+    "attack",
+    "defense",
+    "server",
+    "privacy",
+    "compression",
+)
 #: Streams that live on the run's device: they draw noise of the size of the update matrix.
 DEVICE_STREAMS = ("privacy", "compression")
 

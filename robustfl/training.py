@@ -22,6 +22,7 @@ from torch.func import functional_call, grad, vmap
 from robustfl.kernels import TrainingPath, training_path
 from robustfl.kernels.conv import fast_twin, for_each_client
 from robustfl.kernels.mlp import Scratch, cache_chunk_size, mlp_plan, mlp_sgd_step
+from robustfl.models import MaskedDropout
 
 
 @dataclass(frozen=True)
@@ -110,11 +111,96 @@ def sample_batch_indices(
     return (offsets[:, None] + local).view(num, steps, batch_size).to(data.x.device)
 
 
-def make_loss(model: nn.Module):
-    """``loss(params, x, y)``: mean cross-entropy of ``model`` with parameters ``params``."""
+class DropoutMasks:
+    """The masks of a model's :class:`~robustfl.models.MaskedDropout` layers in local training.
 
-    def loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        logits = functional_call(model, params, (x,))
+    Client ``c`` draws its masks from its own generator, seeded with ``seeds[c]`` (one seed per
+    client and round, from the run's ``"dropout"`` stream), step after step and, within a
+    step, layer after layer in forward order. The masks so depend on neither the training path
+    nor the chunking nor the threads.
+
+    Args:
+        model: the architecture; its dropout layers are found by type.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.layers = tuple(
+            (name, module)
+            for name, module in model.named_modules()
+            if isinstance(module, MaskedDropout)
+        )
+        self._input_shapes: dict[tuple[int, ...], tuple[tuple[int, ...], ...]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.layers)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The dropout layers' module names, in forward order."""
+        return tuple(name for name, _ in self.layers)
+
+    def input_shapes(self, model: nn.Module, sample: Tensor) -> tuple[tuple[int, ...], ...]:
+        """Each dropout layer's input shape for one sample shaped like ``sample (*input)``,
+        found once per input shape by a forward pass of ``model`` in evaluation mode."""
+        key = tuple(sample.shape)
+        if key not in self._input_shapes:
+            seen: dict[str, tuple[int, ...]] = {}
+            modules = dict(model.named_modules())
+            hooks = [
+                modules[name].register_forward_pre_hook(
+                    lambda _, args, name=name: seen.__setitem__(name, tuple(args[0].shape[1:]))
+                )
+                for name in self.names
+            ]
+            training = model.training
+            try:
+                with torch.no_grad():
+                    model.eval()(sample.unsqueeze(0))
+            finally:
+                model.train(training)
+                for hook in hooks:
+                    hook.remove()
+            self._input_shapes[key] = tuple(seen[name] for name in self.names)
+        return self._input_shapes[key]
+
+    @staticmethod
+    def generator(seed: Tensor | int, device: torch.device) -> torch.Generator:
+        """A client's generator on ``device``, from its seed."""
+        return torch.Generator(device=device).manual_seed(int(seed))
+
+    def draw(
+        self,
+        shapes: tuple[tuple[int, ...], ...],
+        batch: int,
+        generator: torch.Generator,
+        dtype: torch.dtype,
+    ) -> dict[str, Tensor]:
+        """One step's masks ``{"<layer>.mask": (batch, *mask shape)}`` from ``generator``, for
+        inputs of the per-sample ``shapes`` (:meth:`input_shapes`)."""
+        return {
+            f"{name}.mask": layer.draw((batch, *shape), generator, dtype)
+            for (name, layer), shape in zip(self.layers, shapes, strict=True)
+        }
+
+    def install(self, masks: dict[str, Tensor]) -> None:
+        """Set the layers' ``mask`` buffers to ``masks`` (from :meth:`draw`)."""
+        for name, layer in self.layers:
+            layer.mask = masks[f"{name}.mask"]
+
+    def seeds(self, num: int, generator: torch.Generator) -> Tensor | None:
+        """``num`` client seeds ``(num,)`` from ``generator``, or ``None`` for a model without
+        dropout (the stream is then left untouched)."""
+        if not self.layers:
+            return None
+        return torch.randint(2**62, (num,), generator=generator, device=generator.device)
+
+
+def make_loss(model: nn.Module):
+    """``loss(params, masks, x, y)``: mean cross-entropy of ``model`` with parameters
+    ``params`` and the dropout masks ``masks`` (``{}`` for a model without dropout)."""
+
+    def loss(params: dict[str, Tensor], masks: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        logits = functional_call(model, (params, masks), (x,))
         return nn.functional.cross_entropy(logits, y)
 
     return loss
@@ -137,6 +223,9 @@ class LocalTrainer:
             otherwise all at once.
         path: ``"mlp"``, ``"clients"`` or ``"vmap"`` (see
             :func:`robustfl.kernels.training_path`, which chooses when ``None``).
+
+    A model with :class:`~robustfl.models.MaskedDropout` layers trains with the masks of
+    :class:`DropoutMasks`, from one seed per client (``dropout_seeds`` of :meth:`train`).
     """
 
     def __init__(
@@ -155,10 +244,12 @@ class LocalTrainer:
         self.dampening = dampening
         self.chunk_size = chunk_size
         device = next(model.parameters()).device
+        self.model = model.train()  # dropout acts; evaluation uses its own copies
+        self.dropout = DropoutMasks(model)
         self.path = path or training_path(model, device)  # robustfl.kernels chooses
         self.mlp_plan = mlp_plan(model) if self.path == "mlp" else None
         self._scratch = Scratch()  # the MLP step's tensors, reused across chunks and rounds
-        self._grads = vmap(grad(make_loss(model)), in_dims=(0, 0, 0))
+        self._grads = vmap(grad(make_loss(model)), in_dims=(0, 0, 0, 0))
         # the "clients" path: each thread with a copy of the model (functional_call swaps
         # parameters on the module object)
         self._twin = fast_twin(model) if self.path == "clients" else None
@@ -172,6 +263,7 @@ class LocalTrainer:
         batches: Tensor,
         momentum_rows: Tensor | None = None,
         out: Tensor | None = None,
+        dropout_seeds: Tensor | None = None,
     ) -> Tensor:
         """Run every client's local steps and return their updates.
 
@@ -183,11 +275,19 @@ class LocalTrainer:
                 (a fresh zero buffer is used when ``momentum > 0`` and this is ``None``).
             out: optional ``(C, d)`` buffer for the result. Reusing one across rounds avoids
                 allocating (and page-faulting) ``C * d`` floats every round.
+            dropout_seeds: ``(C,)`` the clients' dropout seeds this round
+                (:meth:`DropoutMasks.seeds`); required exactly when the model has dropout.
 
         Returns:
             ``(C, d)`` updates ``theta_local - theta_global`` (``out`` when given).
         """
         num = len(batches)
+        if bool(self.dropout) != (dropout_seeds is not None):
+            raise ValueError(
+                f"dropout_seeds: the model has {len(self.dropout.layers)} dropout layers; pass "
+                "one seed per client exactly when it has some (LocalTrainer.dropout.seeds)."
+            )
+        shapes = self.dropout.input_shapes(self.model, x[0]) if self.dropout else ()
         if out is None:
             out = torch.empty(
                 num, self.layout.d, dtype=global_params.dtype, device=global_params.device
@@ -198,7 +298,11 @@ class LocalTrainer:
         for start in range(0, num, chunk):
             stop = min(start + chunk, num)
             bufs = momentum_rows[start:stop] if momentum_rows is not None else None
-            self._train_chunk(global_params, x, y, batches[start:stop], bufs, out[start:stop])
+            seeds = dropout_seeds[start:stop] if dropout_seeds is not None else None
+            dropout = (seeds, shapes)
+            self._train_chunk(
+                global_params, x, y, batches[start:stop], bufs, out[start:stop], dropout
+            )
         return out
 
     def _train_mlp_chunk(self, global_params, x, y, batches, bufs, theta) -> None:
@@ -230,9 +334,10 @@ class LocalTrainer:
         for name, view in self.layout.unflatten(theta).items():
             torch.sub(params[name], start[name], out=view)  # the update, in one pass
 
-    def _train_chunk(self, global_params, x, y, batches, bufs, theta) -> None:
+    def _train_chunk(self, global_params, x, y, batches, bufs, theta, dropout) -> None:
         """Train the clients of one chunk in place: ``theta (c, d)`` starts as the global
-        model and ends as the updates. The vmap path works on per-parameter views of the flat
+        model and ends as the updates; ``dropout`` is the chunk's seeds (or ``None``) and the
+        dropout layers' input shapes. The vmap path works on per-parameter views of the flat
         rows, so no ``(c, d)`` temporary is allocated per step."""
         if self.momentum and bufs is None:  # a fresh optimizer (e.g. the server's root update)
             bufs = torch.zeros_like(theta)
@@ -240,17 +345,25 @@ class LocalTrainer:
             self._train_mlp_chunk(global_params, x, y, batches, bufs, theta)
             return
         theta.copy_(global_params.expand(len(theta), -1))
+        seeds, shapes = dropout
         if self.path == "clients":
-            self._train_client_by_client(x, y, batches, bufs, theta)
+            self._train_client_by_client(x, y, batches, bufs, theta, seeds, shapes)
         else:
             params = self.layout.unflatten(theta)
             buffers = self.layout.unflatten(bufs) if self.momentum else None
+            seeds = () if seeds is None else seeds
+            generators = [self.dropout.generator(s, theta.device) for s in seeds]
+            batch = batches.shape[2]
             for step in range(batches.shape[1]):
                 rows = batches[:, step]
-                self._sgd_step(params, self._grads(params, x[rows], y[rows]), buffers)
+                drawn = [self.dropout.draw(shapes, batch, g, theta.dtype) for g in generators]
+                masks = (
+                    {key: torch.stack([m[key] for m in drawn]) for key in drawn[0]} if drawn else {}
+                )
+                self._sgd_step(params, self._grads(params, masks, x[rows], y[rows]), buffers)
         theta.sub_(global_params)
 
-    def _train_client_by_client(self, x, y, batches, bufs, theta) -> None:
+    def _train_client_by_client(self, x, y, batches, bufs, theta, seeds, shapes) -> None:
         """Convolutional models on the CPU: whole clients on parallel threads
         (:mod:`robustfl.kernels.conv`), each thread with a copy of the model whose parameters
         hold one client's at a time (plain autograd: ``torch.func`` costs more per operation
@@ -260,12 +373,18 @@ class LocalTrainer:
             local = self._per_thread
             if getattr(local, "model", None) is None:
                 local.model = copy.deepcopy(self._twin).requires_grad_(True)
+                local.dropout = DropoutMasks(local.model)
             params = list(local.model.parameters())
             named = dict(zip(self.layout.names, params, strict=True))
             buffers = self.layout.unflatten(bufs[c]) if self.momentum else None
+            generator = None if seeds is None else local.dropout.generator(seeds[c], theta.device)
             with torch.no_grad():
                 nn.utils.vector_to_parameters(theta[c], params)
             for rows in batches[c]:
+                if generator is not None:
+                    local.dropout.install(
+                        local.dropout.draw(shapes, len(rows), generator, theta.dtype)
+                    )
                 loss = nn.functional.cross_entropy(local.model(x[rows]), y[rows])
                 grads = torch.autograd.grad(loss, params)
                 with torch.no_grad():

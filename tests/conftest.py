@@ -77,6 +77,28 @@ FAST = [
 ]
 
 
+class Stop(Exception):
+    pass
+
+
+class StopAfter:
+    """A tracker that kills the run after ``records`` evaluations, like a preemption."""
+
+    def __init__(self, records: int) -> None:
+        self.records = records
+
+    def start(self, config, run_dir):
+        pass
+
+    def log(self, record, step):
+        self.records -= 1
+        if self.records == 0:
+            raise Stop
+
+    def finish(self, summary, history):
+        pass
+
+
 def pytest_configure(config):
     # Parallel workers (pytest-xdist) share the 2 cores: one torch thread each avoids the
     # oversubscription that made a 2-worker run ~9x slower than a serial one.

@@ -82,21 +82,72 @@ def test_reproduction_presets_offer_the_cnn(preset):
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_karimireddy_cnn_is_the_authors_network():
+@pytest.mark.parametrize("dropout", [True, False])
+def test_karimireddy_cnn_is_the_authors_network(dropout):
     """Their codes/tasks/mnist.py, written out with torch.nn.functional: conv 32 -> ReLU ->
-    conv 64 (no ReLU) -> max pool 2 -> fc 128 -> ReLU -> fc 10 (dropout left out)."""
+    conv 64 (no ReLU) -> max pool 2 -> Dropout2d(0.25) -> fc 128 -> ReLU -> Dropout2d(0.5) ->
+    fc 10; in evaluation mode dropout is the identity."""
     import torch.nn.functional as F
 
-    from robustfl.models import karimireddy_cnn
+    from robustfl.models import MaskedDropout, karimireddy_cnn
 
     torch.manual_seed(0)
-    model = karimireddy_cnn((1, 28, 28), 10)
+    model = karimireddy_cnn((1, 28, 28), 10, dropout=dropout).eval()
     assert sum(p.numel() for p in model.parameters()) == 1_199_882
+    layers = [m for m in model.modules() if isinstance(m, MaskedDropout)]
+    assert [(m.p, m.channelwise) for m in layers] == (
+        [(0.25, True), (0.5, True)] if dropout else []
+    )
     w1, b1, w2, b2, w3, b3, w4, b4 = model.parameters()
     x = torch.randn(5, 1, 28, 28)
     h = F.max_pool2d(F.conv2d(F.relu(F.conv2d(x, w1, b1)), w2, b2), 2)
     expected = F.linear(F.relu(F.linear(h.flatten(1), w3, b3)), w4, b4)
     torch.testing.assert_close(model(x), expected)
+
+
+@pytest.mark.parametrize(
+    ("shape", "channelwise", "torch_dropout"),
+    [
+        ((32, 64, 12, 12), True, "dropout2d"),  # whole channels
+        ((32, 64, 12, 12), False, "dropout"),
+        ((32, 128), False, "dropout"),
+        ((32, 128), True, "dropout"),  # Dropout2d on (N, F) before PyTorch 1.12: per unit
+    ],
+)
+@pytest.mark.parametrize("p", [0.25, 0.5])
+def test_masked_dropout_equals_torch_dropout_with_the_same_seed(
+    shape, channelwise, torch_dropout, p
+):
+    import torch.nn.functional as F
+
+    from robustfl.models import MaskedDropout
+
+    layer = MaskedDropout(p, channelwise)
+    x = torch.randn(shape)
+    layer.mask = layer.draw(shape, torch.Generator().manual_seed(7), x.dtype)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        expected = getattr(F, torch_dropout)(x, p, training=True)
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=0)
+    kept = layer.mask != 0
+    values = layer.mask.unique()
+    assert len(values) == 2 and values[0] == 0 and values[1] == pytest.approx(1 / (1 - p))
+    assert abs(kept.float().mean().item() - (1 - p)) < 0.05
+
+
+def test_masked_dropout_is_the_identity_in_evaluation_and_loud_without_a_mask():
+    from robustfl.models import MaskedDropout
+
+    layer = MaskedDropout(0.5)
+    x = torch.randn(4, 3)
+    assert layer.eval()(x) is x
+    with pytest.raises(RuntimeError, match=r"needs a mask of shape \(4, 3\).*model.eval\(\)"):
+        layer.train()(x)
+    layer.mask = torch.ones(4, 1)  # a shape that would broadcast is refused too
+    with pytest.raises(RuntimeError, match="needs a mask"):
+        layer(x)
+    with pytest.raises(ConfigError, match=r"dropout p=1.0 is invalid: use 0 <= p < 1"):
+        MaskedDropout(1.0)
 
 
 def test_convolutional_models_evaluate_the_same_on_the_fast_path():
@@ -110,7 +161,7 @@ def test_convolutional_models_evaluate_the_same_on_the_fast_path():
     params = layout.flatten(model)
     x, y = torch.randn(300, 1, 28, 28), torch.randint(0, 10, (300,))
     fast, batch = evaluation_plan(model, torch.device("cpu"))
-    assert fast is not model and batch < 300
-    accuracy, loss = evaluate(model, layout, params, x, y)
+    assert fast is not model and batch < 300 and not fast.training and model.training
+    accuracy, loss = evaluate(model.eval(), layout, params, x, y)
     fast_accuracy, fast_loss = evaluate(fast, layout, params, x, y, batch)
     assert fast_accuracy == accuracy and fast_loss == pytest.approx(loss, rel=1e-5)

@@ -9,7 +9,7 @@ import math
 import dp_accounting
 import pytest
 import torch
-from conftest import FAST
+from conftest import FAST, Stop, StopAfter
 from dp_accounting.rdp import RdpAccountant
 
 from robustfl.api import compose_config, run_experiment
@@ -151,28 +151,6 @@ def test_logged_epsilon_follows_the_most_frequent_participant(run_dir):
 def test_invalid_settings_name_the_parameter(kwargs, words):
     with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
         Privacy(**kwargs)
-
-
-class Stop(Exception):
-    pass
-
-
-class StopAfter:
-    """A tracker that kills the run after ``records`` evaluations, like a preemption."""
-
-    def __init__(self, records: int) -> None:
-        self.records = records
-
-    def start(self, config, run_dir):
-        pass
-
-    def log(self, record, step):
-        self.records -= 1
-        if self.records == 0:
-            raise Stop
-
-    def finish(self, summary, history):
-        pass
 
 
 def test_resume_with_privacy_and_compression_state_gives_identical_metrics(tmp_path):

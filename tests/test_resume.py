@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
+from conftest import FAST, Stop, StopAfter
 
 from robustfl.api import run_experiment
 from robustfl.checkpoint import load_checkpoint
@@ -112,3 +114,17 @@ def test_relaunched_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path):
     rerun = {name for name in before if before[name] != after[name]}
     assert rerun == {unfinished.name}
     assert json.loads((unfinished / "summary.json").read_text())["status"] == "completed"
+
+
+def test_dropout_runs_are_seeded_and_resume_identically(tmp_path):
+    """Karimireddy et al.'s CNN (on the 8 x 8 digits) with dropout: the masks come from the
+    run's "dropout" stream, checkpointed with the others."""
+    overrides = [*FAST, "model=karimireddy_cnn", "fl.rounds=6", "fl.eval_every=1", "threads=1"]
+    run_experiment(overrides, tmp_path / "reference")
+    with pytest.raises(Stop):
+        run_experiment(overrides, tmp_path / "killed", tracker=StopAfter(3))
+    assert "dropout" in load_checkpoint(tmp_path / "killed")["streams"]
+    run_experiment([*overrides, "resume=true"], tmp_path / "killed")
+    assert numbers(tmp_path / "killed") == numbers(tmp_path / "reference")
+    run_experiment([*overrides, "model.dropout=false"], tmp_path / "without")
+    assert numbers(tmp_path / "without") != numbers(tmp_path / "reference")

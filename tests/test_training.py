@@ -229,3 +229,81 @@ def test_the_fast_twin_computes_the_same_function():
     resnet = init_model(resnet20, (3, 8, 8), 10, seed=4).double()
     x = torch.randn(3, 3, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(fast_twin(resnet)(x), resnet(x), rtol=1e-12, atol=1e-12)
+
+
+def train_with_dropout(trainer, theta, data, batches, seeds, momentum_rows=None):
+    return trainer.train(theta, data.x, data.y, batches, momentum_rows, dropout_seeds=seeds)
+
+
+@pytest.mark.parametrize("path", ["clients", "vmap"])
+@pytest.mark.parametrize("chunk", [0, 4])
+def test_dropout_training_equals_the_loop_on_every_path(two_threads, path, chunk):
+    """Karimireddy et al.'s CNN with its two dropout layers (float64, worker momentum, two
+    rounds): client by client on threads, vmap(grad) with the masks as batched buffers, and
+    chunked, all equal the per-client loop given the same seeds."""
+    from robustfl.models import karimireddy_cnn
+
+    data = make_data()
+    data.x = data.x.double()
+    model = init_model(karimireddy_cnn, (1, 8, 8), 10, seed=1).double()
+    layout = ParamLayout.of(model)
+    theta = layout.flatten(model)
+    trainer = LocalTrainer(model, layout, lr=0.1, momentum=0.9, chunk_size=chunk, path=path)
+    buf_engine = torch.zeros(6, layout.d, dtype=torch.float64)
+    buf_loop = buf_engine.clone()
+    stream = torch.Generator().manual_seed(5)
+    for round_ in range(2):
+        batches = sample_batch_indices(
+            data, torch.arange(6), 3, 8, torch.Generator().manual_seed(round_)
+        )
+        seeds = trainer.dropout.seeds(6, stream)
+        fast = train_with_dropout(trainer, theta, data, batches, seeds, buf_engine)
+        slow = train_clients_loop(
+            model, layout, theta, data.x, data.y, batches, 0.1, 0.9, 0.0, buf_loop, 0.0, seeds
+        )
+        torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(buf_engine, buf_loop, rtol=1e-9, atol=1e-12)
+        theta = theta + fast.mean(0)
+
+
+def test_dropout_masks_follow_the_seeds_and_not_the_threads():
+    from robustfl.models import karimireddy_cnn
+
+    data = make_data()
+    model = init_model(karimireddy_cnn, (1, 8, 8), 10, seed=1)
+    plain = init_model(lambda **kw: karimireddy_cnn(dropout=False, **kw), (1, 8, 8), 10, seed=1)
+    layout = ParamLayout.of(model)
+    theta = layout.flatten(model)
+    batches = sample_batch_indices(data, torch.arange(6), 2, 8, torch.Generator().manual_seed(0))
+    seeds = torch.arange(6) * 1000 + 17
+    trainer = LocalTrainer(model, layout, lr=0.1)
+    before = torch.get_num_threads()
+    try:
+        runs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            runs.append(train_with_dropout(trainer, theta, data, batches, seeds))
+    finally:
+        torch.set_num_threads(before)
+    torch.testing.assert_close(runs[0], runs[1], rtol=1e-5, atol=1e-7)
+    others = train_with_dropout(trainer, theta, data, batches, seeds + 1)
+    without = LocalTrainer(plain, layout, lr=0.1).train(theta, data.x, data.y, batches)
+    for client in range(6):  # every client's update depends on its own masks
+        assert not torch.allclose(others[client], runs[0][client], atol=1e-6)
+        assert not torch.allclose(without[client], runs[0][client], atol=1e-6)
+    shuffled = train_with_dropout(trainer, theta, data, batches[[1, 0]], seeds[[1, 0]])
+    torch.testing.assert_close(shuffled, runs[0][[1, 0]], rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_seeds_are_required_exactly_for_models_with_dropout():
+    from robustfl.models import karimireddy_cnn
+
+    data = make_data()
+    batches = sample_batch_indices(data, torch.arange(6), 1, 8, torch.Generator().manual_seed(0))
+    for dropout, seeds in ((True, None), (False, torch.arange(6))):
+        model = karimireddy_cnn((1, 8, 8), 10, dropout=dropout)
+        layout = ParamLayout.of(model)
+        trainer = LocalTrainer(model, layout, lr=0.1)
+        assert (trainer.dropout.seeds(6, torch.Generator()) is None) is not dropout
+        with pytest.raises(ValueError, match="dropout_seeds: the model has"):
+            train_with_dropout(trainer, layout.flatten(model), data, batches, seeds)

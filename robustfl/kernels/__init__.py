@@ -17,6 +17,7 @@ primitives, so their modules read as their papers' definitions.
 
 from __future__ import annotations
 
+import copy
 from typing import Literal
 
 import torch
@@ -79,13 +80,13 @@ def training_path(model: nn.Module, device: torch.device) -> TrainingPath:
 
 
 def evaluation_plan(model: nn.Module, device: torch.device) -> tuple[nn.Module, int]:
-    """The module and batch size :func:`robustfl.training.evaluate` runs ``model`` with: on the
-    CPU, a convolutional model's :func:`~robustfl.kernels.conv.fast_twin` (the same function,
-    same parameter names) in batches of 128, whose activations stay in cache; otherwise
-    ``model`` itself in batches of 4096."""
+    """The module and batch size :func:`robustfl.training.evaluate` runs ``model`` with, a copy
+    in evaluation mode (dropout off): on the CPU, a convolutional model's
+    :func:`~robustfl.kernels.conv.fast_twin` (the same function, same parameter names) in
+    batches of 128, whose activations stay in cache; otherwise ``model`` in batches of 4096."""
     if device.type == "cpu" and has_convolutions(model):
-        return fast_twin(model), 128
-    return model, 4096
+        return fast_twin(model).eval(), 128
+    return copy.deepcopy(model).eval(), 4096
 
 
 __all__ = [
