@@ -141,3 +141,27 @@ def test_every_shipped_attack_on_cuda_equals_the_cpu(name):
     torch.testing.assert_close(
         outputs["cuda"], outputs["cpu"], rtol=1e-6, atol=1e-8, equal_nan=True
     )
+
+
+def test_dropout_training_on_cuda_equals_the_loop_on_cuda():
+    """Karimireddy et al.'s CNN with dropout: the vmap path draws each client's masks from a
+    CUDA generator seeded as the per-client loop's, so the two agree on the device (the masks
+    differ from the CPU's: another generator)."""
+    from robustfl.models import karimireddy_cnn
+    from robustfl.reference import train_clients_loop
+
+    data = clients_data().to(CUDA)
+    model = init_model(karimireddy_cnn, (1, 8, 8), 10, seed=1).double().to(CUDA)
+    layout = ParamLayout.of(model)
+    theta = layout.flatten(model)
+    trainer = LocalTrainer(model, layout, lr=0.1, momentum=0.9)
+    assert trainer.path == "vmap"
+    buffers = torch.zeros(6, layout.d, dtype=torch.float64, device=CUDA)
+    loop_buffers = buffers.clone()
+    batches = sample_batch_indices(data, torch.arange(6), 3, 8, torch.Generator().manual_seed(0))
+    seeds = trainer.dropout.seeds(6, torch.Generator().manual_seed(1))
+    fast = trainer.train(theta, data.x, data.y, batches, buffers, dropout_seeds=seeds)
+    slow = train_clients_loop(
+        model, layout, theta, data.x, data.y, batches, 0.1, 0.9, 0.0, loop_buffers, 0.0, seeds
+    )
+    torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12)
