@@ -1,9 +1,10 @@
 """Independent, named random streams derived from one seed.
 
 Every random choice of a run draws from its own stream (``"partition"``, ``"byzantine"``,
-``"sampling"``, ``"batches"``, ``"dropout"``, ``"attack"``, ``"model"``, ...), so changing one component
-(say the defense) never shifts the randomness another one sees: runs that differ only in the
-defense get the same partition, Byzantine ids and minibatches.
+``"sampling"``, ``"batches"``, ``"dropout"``, ``"attack"``, ``"model"``, ...), so changing
+one component (say the defense) never shifts the randomness another one sees: runs that
+differ only in the defense get the same partition, Byzantine ids, minibatches and dropout
+masks.
 """
 
 from __future__ import annotations
