@@ -101,44 +101,39 @@ class MaskedDropout(nn.Module):
 
     Args:
         p: the probability of zeroing an element, or a channel.
-        channelwise: on ``(N, C, H, W)`` inputs, zero whole channels (``nn.Dropout2d``); on
-            ``(N, F)`` inputs drop element by element either way, as ``nn.Dropout2d`` did before
+        features: the shape of one sample's input, ``(F,)`` or ``(C, H, W)``.
+        channelwise: on ``(C, H, W)`` inputs, zero whole channels (``nn.Dropout2d``); on
+            ``(F,)`` inputs drop element by element either way, as ``nn.Dropout2d`` did before
             PyTorch 1.12.
     """
 
-    def __init__(self, p: float, channelwise: bool = False) -> None:
+    def __init__(self, p: float, features: Sequence[int], channelwise: bool = False) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
             raise ConfigError(f"dropout p={p} is invalid: use 0 <= p < 1.")
         self.p, self.channelwise = float(p), channelwise
+        shape = tuple(int(n) for n in features)
+        #: one sample's mask shape: ``(C, 1, ..., 1)`` when channelwise on images, else ``features``
+        self.sample_mask_shape = (shape[0], *(1,) * (len(shape) - 1)) if channelwise else shape
         self.register_buffer("mask", torch.empty(0), persistent=False)
 
-    def mask_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-        """The mask's shape for an input of ``input_shape`` ``(N, ...)``: ``(N, C, 1, ..., 1)``
-        when channelwise on inputs of three or more dimensions, else ``input_shape``."""
-        shape = tuple(input_shape)
-        if self.channelwise and len(shape) > 2:
-            return (*shape[:2], *(1,) * (len(shape) - 2))
-        return shape
-
-    def draw(
-        self, input_shape: Sequence[int], generator: torch.Generator, dtype: torch.dtype
-    ) -> Tensor:
-        """A mask for an input of ``input_shape``: Bernoulli(1 - p) draws from ``generator``
+    def draw(self, batch: int, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+        """A ``(batch, *sample_mask_shape)`` mask: Bernoulli(1 - p) draws from ``generator``
         (on its device), divided by 1 - p."""
         keep = 1.0 - self.p
-        mask = torch.empty(self.mask_shape(input_shape), dtype=dtype, device=generator.device)
+        shape = (batch, *self.sample_mask_shape)
+        mask = torch.empty(shape, dtype=dtype, device=generator.device)
         return mask.bernoulli_(keep, generator=generator).div_(keep)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return x
-        if self.mask.shape != self.mask_shape(x.shape):
+        expected = (len(x), *self.sample_mask_shape)
+        if self.mask.shape != expected:
             raise RuntimeError(
-                f"MaskedDropout in training mode needs a mask of shape "
-                f"{self.mask_shape(x.shape)} for its input {tuple(x.shape)}, has "
-                f"{tuple(self.mask.shape)}: local training sets it (robustfl.training."
-                "DropoutMasks); call model.eval() to evaluate."
+                f"MaskedDropout in training mode needs a mask of shape {expected} for its input "
+                f"{tuple(x.shape)}, has {tuple(self.mask.shape)}: local training sets it "
+                "(robustfl.training.DropoutMasks); call model.eval() to evaluate."
             )
         return x * self.mask
 
@@ -168,9 +163,9 @@ def karimireddy_cnn(
     height, width = (shape[1] - 4) // 2, (shape[2] - 4) // 2
     layers: list[nn.Module] = [nn.Unflatten(1, shape)] if len(input_shape) == 1 else []
     layers += [nn.Conv2d(shape[0], 32, 3), nn.ReLU(), nn.Conv2d(32, 64, 3), nn.MaxPool2d(2)]
-    layers += [MaskedDropout(0.25, channelwise=True)] if dropout else []
+    layers += [MaskedDropout(0.25, (64, height, width), channelwise=True)] if dropout else []
     layers += [nn.Flatten(), nn.Linear(64 * height * width, 128), nn.ReLU()]
-    layers += [MaskedDropout(0.5, channelwise=True)] if dropout else []
+    layers += [MaskedDropout(0.5, (128,), channelwise=True)] if dropout else []
     layers.append(nn.Linear(128, num_classes))
     return nn.Sequential(*layers)
 

@@ -37,7 +37,6 @@ def train_clients_loop(
         local = copy.deepcopy(model).train()
         dropout = DropoutMasks(local)
         if dropout:
-            shapes = dropout.input_shapes(local, x[0])
             generator = dropout.generator(dropout_seeds[client], x.device)
         torch.nn.utils.vector_to_parameters(global_params.clone(), local.parameters())
         optimizer = torch.optim.SGD(
@@ -54,7 +53,7 @@ def train_clients_loop(
                 optimizer.state[param]["momentum_buffer"] = buf.clone()
         for rows in batches[client]:
             if dropout:
-                dropout.install(dropout.draw(shapes, len(rows), generator, x.dtype))
+                dropout.install(dropout.draw(len(rows), generator, x.dtype))
             optimizer.zero_grad()
             loss = nn.functional.cross_entropy(local(x[rows]), y[rows])
             loss.backward()

@@ -129,58 +129,18 @@ class DropoutMasks:
             for name, module in model.named_modules()
             if isinstance(module, MaskedDropout)
         )
-        self._input_shapes: dict[tuple[int, ...], tuple[tuple[int, ...], ...]] = {}
 
     def __bool__(self) -> bool:
         return bool(self.layers)
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """The dropout layers' module names, in forward order."""
-        return tuple(name for name, _ in self.layers)
-
-    def input_shapes(self, model: nn.Module, sample: Tensor) -> tuple[tuple[int, ...], ...]:
-        """Each dropout layer's input shape for one sample shaped like ``sample (*input)``,
-        found once per input shape by a forward pass of ``model`` in evaluation mode."""
-        key = tuple(sample.shape)
-        if key not in self._input_shapes:
-            seen: dict[str, tuple[int, ...]] = {}
-            modules = dict(model.named_modules())
-            hooks = [
-                modules[name].register_forward_pre_hook(
-                    lambda _, args, name=name: seen.__setitem__(name, tuple(args[0].shape[1:]))
-                )
-                for name in self.names
-            ]
-            training = model.training
-            try:
-                with torch.no_grad():
-                    model.eval()(sample.unsqueeze(0))
-            finally:
-                model.train(training)
-                for hook in hooks:
-                    hook.remove()
-            self._input_shapes[key] = tuple(seen[name] for name in self.names)
-        return self._input_shapes[key]
 
     @staticmethod
     def generator(seed: Tensor | int, device: torch.device) -> torch.Generator:
         """A client's generator on ``device``, from its seed."""
         return torch.Generator(device=device).manual_seed(int(seed))
 
-    def draw(
-        self,
-        shapes: tuple[tuple[int, ...], ...],
-        batch: int,
-        generator: torch.Generator,
-        dtype: torch.dtype,
-    ) -> dict[str, Tensor]:
-        """One step's masks ``{"<layer>.mask": (batch, *mask shape)}`` from ``generator``, for
-        inputs of the per-sample ``shapes`` (:meth:`input_shapes`)."""
-        return {
-            f"{name}.mask": layer.draw((batch, *shape), generator, dtype)
-            for (name, layer), shape in zip(self.layers, shapes, strict=True)
-        }
+    def draw(self, batch: int, generator: torch.Generator, dtype: torch.dtype) -> dict[str, Tensor]:
+        """One step's masks ``{"<layer>.mask": (batch, *mask shape)}`` from ``generator``."""
+        return {f"{name}.mask": layer.draw(batch, generator, dtype) for name, layer in self.layers}
 
     def install(self, masks: dict[str, Tensor]) -> None:
         """Set the layers' ``mask`` buffers to ``masks`` (from :meth:`draw`)."""
@@ -244,7 +204,7 @@ class LocalTrainer:
         self.dampening = dampening
         self.chunk_size = chunk_size
         device = next(model.parameters()).device
-        self.model = model.train()  # dropout acts; evaluation uses its own copies
+        model.train()  # dropout acts (before the twin is copied); evaluation has its own copies
         self.dropout = DropoutMasks(model)
         self.path = path or training_path(model, device)  # robustfl.kernels chooses
         self.mlp_plan = mlp_plan(model) if self.path == "mlp" else None
@@ -287,7 +247,6 @@ class LocalTrainer:
                 f"dropout_seeds: the model has {len(self.dropout.layers)} dropout layers; pass "
                 "one seed per client exactly when it has some (LocalTrainer.dropout.seeds)."
             )
-        shapes = self.dropout.input_shapes(self.model, x[0]) if self.dropout else ()
         if out is None:
             out = torch.empty(
                 num, self.layout.d, dtype=global_params.dtype, device=global_params.device
@@ -299,9 +258,8 @@ class LocalTrainer:
             stop = min(start + chunk, num)
             bufs = momentum_rows[start:stop] if momentum_rows is not None else None
             seeds = dropout_seeds[start:stop] if dropout_seeds is not None else None
-            dropout = (seeds, shapes)
             self._train_chunk(
-                global_params, x, y, batches[start:stop], bufs, out[start:stop], dropout
+                global_params, x, y, batches[start:stop], bufs, out[start:stop], seeds
             )
         return out
 
@@ -334,10 +292,10 @@ class LocalTrainer:
         for name, view in self.layout.unflatten(theta).items():
             torch.sub(params[name], start[name], out=view)  # the update, in one pass
 
-    def _train_chunk(self, global_params, x, y, batches, bufs, theta, dropout) -> None:
+    def _train_chunk(self, global_params, x, y, batches, bufs, theta, seeds) -> None:
         """Train the clients of one chunk in place: ``theta (c, d)`` starts as the global
-        model and ends as the updates; ``dropout`` is the chunk's seeds (or ``None``) and the
-        dropout layers' input shapes. The vmap path works on per-parameter views of the flat
+        model and ends as the updates; ``seeds`` are the chunk's dropout seeds (or ``None``).
+        The vmap path works on per-parameter views of the flat
         rows, so no ``(c, d)`` temporary is allocated per step."""
         if self.momentum and bufs is None:  # a fresh optimizer (e.g. the server's root update)
             bufs = torch.zeros_like(theta)
@@ -345,9 +303,8 @@ class LocalTrainer:
             self._train_mlp_chunk(global_params, x, y, batches, bufs, theta)
             return
         theta.copy_(global_params.expand(len(theta), -1))
-        seeds, shapes = dropout
         if self.path == "clients":
-            self._train_client_by_client(x, y, batches, bufs, theta, seeds, shapes)
+            self._train_client_by_client(x, y, batches, bufs, theta, seeds)
         else:
             params = self.layout.unflatten(theta)
             buffers = self.layout.unflatten(bufs) if self.momentum else None
@@ -356,14 +313,14 @@ class LocalTrainer:
             batch = batches.shape[2]
             for step in range(batches.shape[1]):
                 rows = batches[:, step]
-                drawn = [self.dropout.draw(shapes, batch, g, theta.dtype) for g in generators]
+                drawn = [self.dropout.draw(batch, g, theta.dtype) for g in generators]
                 masks = (
                     {key: torch.stack([m[key] for m in drawn]) for key in drawn[0]} if drawn else {}
                 )
                 self._sgd_step(params, self._grads(params, masks, x[rows], y[rows]), buffers)
         theta.sub_(global_params)
 
-    def _train_client_by_client(self, x, y, batches, bufs, theta, seeds, shapes) -> None:
+    def _train_client_by_client(self, x, y, batches, bufs, theta, seeds) -> None:
         """Convolutional models on the CPU: whole clients on parallel threads
         (:mod:`robustfl.kernels.conv`), each thread with a copy of the model whose parameters
         hold one client's at a time (plain autograd: ``torch.func`` costs more per operation
@@ -382,9 +339,7 @@ class LocalTrainer:
                 nn.utils.vector_to_parameters(theta[c], params)
             for rows in batches[c]:
                 if generator is not None:
-                    local.dropout.install(
-                        local.dropout.draw(shapes, len(rows), generator, theta.dtype)
-                    )
+                    local.dropout.install(local.dropout.draw(len(rows), generator, theta.dtype))
                 loss = nn.functional.cross_entropy(local.model(x[rows]), y[rows])
                 grads = torch.autograd.grad(loss, params)
                 with torch.no_grad():

@@ -95,8 +95,8 @@ def test_karimireddy_cnn_is_the_authors_network(dropout):
     model = karimireddy_cnn((1, 28, 28), 10, dropout=dropout).eval()
     assert sum(p.numel() for p in model.parameters()) == 1_199_882
     layers = [m for m in model.modules() if isinstance(m, MaskedDropout)]
-    assert [(m.p, m.channelwise) for m in layers] == (
-        [(0.25, True), (0.5, True)] if dropout else []
+    assert [(m.p, m.sample_mask_shape) for m in layers] == (
+        [(0.25, (64, 1, 1)), (0.5, (128,))] if dropout else []
     )
     w1, b1, w2, b2, w3, b3, w4, b4 = model.parameters()
     x = torch.randn(5, 1, 28, 28)
@@ -122,9 +122,9 @@ def test_masked_dropout_equals_torch_dropout_with_the_same_seed(
 
     from robustfl.models import MaskedDropout
 
-    layer = MaskedDropout(p, channelwise)
+    layer = MaskedDropout(p, shape[1:], channelwise)
     x = torch.randn(shape)
-    layer.mask = layer.draw(shape, torch.Generator().manual_seed(7), x.dtype)
+    layer.mask = layer.draw(shape[0], torch.Generator().manual_seed(7), x.dtype)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(7)
         expected = getattr(F, torch_dropout)(x, p, training=True)
@@ -138,7 +138,7 @@ def test_masked_dropout_equals_torch_dropout_with_the_same_seed(
 def test_masked_dropout_is_the_identity_in_evaluation_and_loud_without_a_mask():
     from robustfl.models import MaskedDropout
 
-    layer = MaskedDropout(0.5)
+    layer = MaskedDropout(0.5, (3,))
     x = torch.randn(4, 3)
     assert layer.eval()(x) is x
     with pytest.raises(RuntimeError, match=r"needs a mask of shape \(4, 3\).*model.eval\(\)"):
@@ -147,7 +147,7 @@ def test_masked_dropout_is_the_identity_in_evaluation_and_loud_without_a_mask():
     with pytest.raises(RuntimeError, match="needs a mask"):
         layer(x)
     with pytest.raises(ConfigError, match=r"dropout p=1.0 is invalid: use 0 <= p < 1"):
-        MaskedDropout(1.0)
+        MaskedDropout(1.0, (3,))
 
 
 def test_convolutional_models_evaluate_the_same_on_the_fast_path():
