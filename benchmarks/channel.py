@@ -54,7 +54,7 @@ def run(quick: bool = False) -> list[dict]:
             for name, extra in CHANNELS.items()
         }
         steps = {name: stepper(sim) for name, sim in sims.items()}
-        times = interleaved_times(steps, repeat=15, warmup=2)
+        times = interleaved_times(steps, repeat=40, warmup=3)
         plain = statistics.median(times["plain"])
         for name, values in times.items():
             median = statistics.median(values)

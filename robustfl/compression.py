@@ -46,24 +46,75 @@ def top_k(x: Tensor, k: int) -> Tensor:
     return torch.zeros_like(x).scatter_(1, index, x.gather(1, index))
 
 
+def random_subsets(
+    rows: int,
+    d: int,
+    k: int,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    draws: int | None = None,
+) -> Tensor:
+    """``(rows, k)`` coordinates of ``range(d)``: for every row, independently, a uniformly
+    random ``k``-subset, in the order drawn.
+
+    Sequential sampling without replacement: coordinates are drawn uniformly with replacement
+    and repeats are skipped, so the first ``k`` distinct draws are a uniform ``k``-subset
+    (which coordinates come next never depends on how many repeats came before). Each row draws
+    ``draws`` coordinates at once (by default the expected number needed, about
+    ``d ln(d / (d - k))``, plus 5 standard deviations), and the rows with fewer than ``k``
+    distinct ones draw again, twice as many: about ``k`` draws per row for ``k << d``.
+    """
+    if not 0 <= k <= d:
+        raise ValueError(f"k={k} must be in [0, d={d}].")
+    if draws is None:
+        # the draws needed are a sum of geometric variables: mean d (H_d - H_(d-k)), variance
+        # sum over j < k of j d / (d - j)^2, at most k^2 d / (d - k)^2 and d^2 pi^2 / 6
+        expected = d * math.log((d + 0.5) / (d - k + 0.5))
+        std = min(k * math.sqrt(d) / (d - k), 1.3 * d) if k < d else 1.3 * d
+        draws = math.ceil(expected + 5 * std + 8)
+    if k == 0:
+        return torch.empty(rows, 0, dtype=torch.long, device=device)
+    index = torch.randint(d, (rows, draws), generator=generator, device=device)
+    ordered, order = torch.sort(index, dim=1, stable=True)
+    first_sorted = torch.ones_like(ordered, dtype=torch.bool)
+    torch.ne(ordered[:, 1:], ordered[:, :-1], out=first_sorted[:, 1:])
+    first = torch.empty_like(first_sorted).scatter_(1, order, first_sorted)
+    rank = first.cumsum(dim=1)  # distinct coordinates drawn so far
+    # the first k distinct draws to their slots; every other draw to a discarded slot k
+    slot = torch.where(first & (rank <= k), rank - 1, k)
+    subsets = torch.empty(rows, k + 1, dtype=torch.long, device=device)
+    subsets = subsets.scatter_(1, slot, index)[:, :k]
+    short = rank[:, -1] < k
+    if bool(short.any()):
+        subsets[short] = random_subsets(int(short.sum()), d, k, generator, device, draws=2 * draws)
+    return subsets
+
+
 def rand_k(x: Tensor, k: int, generator: torch.Generator, rescale: bool = True) -> Tensor:
     """Each row of ``x (n, d)`` restricted to ``k`` coordinates drawn uniformly without
-    replacement, independently per row, times ``d / k`` if ``rescale`` (then unbiased)."""
-    draws = torch.rand(x.shape, generator=generator, device=x.device)
-    index = torch.topk(draws, k, dim=1, sorted=False).indices
-    values = x.gather(1, index)
-    if rescale:
-        values = values * (x.shape[1] / k)
-    return torch.zeros_like(x).scatter_(1, index, values)
-
-
-def _buckets(x: Tensor, bucket_size: int) -> tuple[Tensor, int]:
-    """``x (n, d)`` zero-padded and viewed as ``(n, buckets, bucket_size)``; and ``d``."""
+    replacement, independently per row (:func:`random_subsets`), times ``d / k`` if
+    ``rescale`` (then unbiased)."""
     n, d = x.shape
-    size = d if bucket_size == 0 else bucket_size
-    pad = -d % size
-    padded = torch.nn.functional.pad(x, (0, pad)) if pad else x
-    return padded.reshape(n, -1, size), d
+    scale = d / k if rescale else 1.0
+    if 2 * k <= d:
+        kept = random_subsets(n, d, k, generator, x.device)
+        return torch.zeros_like(x).scatter_(1, kept, x.gather(1, kept).mul_(scale))
+    # fewer draws: the d - k coordinates left out
+    left_out = random_subsets(n, d, d - k, generator, x.device)
+    return x.mul(scale).scatter_(1, left_out, 0.0)
+
+
+def _buckets(x: Tensor, bucket_size: int) -> list[Tensor]:
+    """Views of contiguous ``x (n, d)``: ``(n, buckets, bucket_size)`` of its full buckets and,
+    if ``bucket_size`` does not divide ``d``, ``(n, 1, rest)`` of the shorter last one (one
+    bucket of ``d`` when ``bucket_size`` is 0)."""
+    d = x.shape[1]
+    size = d if bucket_size == 0 else min(bucket_size, d)
+    full = d - d % size
+    views = [x[:, :full].unflatten(1, (-1, size))]
+    if full < d:
+        views.append(x[:, full:].unsqueeze(1))
+    return views
 
 
 def qsgd(
@@ -72,18 +123,24 @@ def qsgd(
     """QSGD's quantization of each bucket ``v`` of ``bucket_size`` coordinates of the rows of
     ``x (n, d)`` (0: the whole row): ``||v||_2 sign(v_i) xi_i / s`` with ``s = levels`` and
     ``xi_i`` the level ``l = floor(s |v_i| / ||v||)`` rounded up to ``l + 1`` with probability
-    ``s |v_i| / ||v|| - l``, so that ``E[Q(v)] = v``. Without a ``generator``, the nearest level
-    instead (deterministic, biased): the projection of an arbitrary row onto QSGD messages."""
-    buckets, d = _buckets(x, bucket_size)
-    norms = torch.linalg.vector_norm(buckets, dim=2, keepdim=True)
-    level = buckets.abs().mul_(levels / norms.clamp(min=torch.finfo(x.dtype).tiny))
-    if generator is None:
-        level.round_()
-    else:  # floor(r + u) is floor(r) + 1 with probability r - floor(r)
-        draws = torch.rand(level.shape, generator=generator, device=x.device, dtype=x.dtype)
-        level.add_(draws).floor_()
-    quantized = torch.copysign(level.mul_(norms / levels), buckets)
-    return quantized.reshape(len(x), -1)[:, :d]
+    ``s |v_i| / ||v|| - l``, so that ``E[Q(v)] = v`` (a zero bucket stays zero). Without a
+    ``generator``, the nearest level instead (deterministic, biased): the projection of an
+    arbitrary row onto QSGD messages."""
+    x = x.contiguous()
+    quantized = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if generator is not None:
+        # sign(r) xi(|r|) for the signed level r = s v_i / ||v|| is distributed as
+        # floor(r + u), u ~ U[0, 1): floor(r) + 1 with probability r - floor(r), either sign
+        quantized.uniform_(generator=generator)
+    for v, q in zip(_buckets(x, bucket_size), _buckets(quantized, bucket_size), strict=True):
+        norms = torch.linalg.vector_norm(v, dim=2, keepdim=True)
+        divisors = torch.where(norms > 0, norms, 1.0)  # a zero bucket's levels are 0
+        if generator is None:
+            torch.div(v, divisors, out=q).mul_(levels).round_()
+        else:
+            q.addcdiv_(v, divisors, value=levels).floor_()
+        q.clamp_(-levels, levels).mul_(norms / levels)
+    return quantized
 
 
 def sign(x: Tensor, scaled: bool = False) -> Tensor:

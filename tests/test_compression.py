@@ -3,6 +3,7 @@ unbiasedness over many draws, error feedback, Byzantine projection, and signSGD'
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -14,7 +15,17 @@ from hypothesis import strategies as st
 from defenses.majority_vote import MajorityVote, majority_vote
 from robustfl.api import compose_config, run_experiment
 from robustfl.build import build
-from robustfl.compression import QSGD, RandK, Sign, TopK, qsgd, rand_k, sign, top_k
+from robustfl.compression import (
+    QSGD,
+    RandK,
+    Sign,
+    TopK,
+    qsgd,
+    rand_k,
+    random_subsets,
+    sign,
+    top_k,
+)
 from robustfl.engine import Stopwatch, run_round
 from robustfl.errors import ConfigError
 from robustfl.results import read_metrics
@@ -56,6 +67,57 @@ def test_rand_k_is_unbiased_over_many_draws():
     # each coordinate kept with probability k / d
     kept = (draws[:, :5] != 0).float().mean(dim=0)
     assert bool(((kept - 2 / 7).abs() < 0.03).all())
+
+
+@pytest.mark.parametrize(
+    ("d", "k", "draws"),
+    [(5, 2, None), (5, 3, None), (6, 1, None), (5, 2, 2), (4, 4, None)],
+    ids=["k<d/2", "k>d/2", "k=1", "redrawn rows", "k=d"],
+)
+def test_random_subsets_are_uniform_k_subsets(d, k, draws):
+    """Every one of the C(d, k) subsets equally likely (chi-square over 6,000 rows), k distinct
+    coordinates per row; ``draws=k`` leaves most rows short of k distinct, so they are redrawn."""
+    rows = random_subsets(6000, d, k, generator(3), draws=draws)
+    assert rows.shape == (6000, k)
+    ordered = rows.sort(dim=1).values
+    assert bool((ordered[:, 1:] != ordered[:, :-1]).all()) and 0 <= int(rows.min())
+    assert int(rows.max()) < d
+    subsets = list(itertools.combinations(range(d), k))
+    counts = torch.zeros(len(subsets))
+    for row in ordered.tolist():
+        counts[subsets.index(tuple(row))] += 1
+    expected = 6000 / len(subsets)
+    chi_square = float(((counts - expected) ** 2 / expected).sum())
+    # the 1e-4 quantile of chi-square with at most 19 degrees of freedom is below 50
+    assert chi_square < 50, counts
+
+
+def test_random_subsets_rows_are_independent_and_reproducible():
+    a = random_subsets(200, 1000, 10, generator(5))
+    assert torch.equal(a, random_subsets(200, 1000, 10, generator(5)))
+    assert not torch.equal(a, random_subsets(200, 1000, 10, generator(6)))
+    # two rows sharing a coordinate: about 1 - (1 - 10/1000)^10 = 9.6 % of pairs
+    shared = (a[:100, :, None] == a[100:, None, :]).any(dim=2).any(dim=1).float().mean()
+    assert 0.03 < float(shared) < 0.2
+
+
+def test_rand_k_above_half_leaves_out_d_minus_k():
+    x = torch.arange(1.0, 21.0).reshape(2, 10)
+    out = rand_k(x, 8, generator(), rescale=True)
+    kept = out != 0
+    assert kept.sum(dim=1).tolist() == [8, 8]
+    torch.testing.assert_close(out[kept], x[kept] * 10 / 8)
+
+
+def test_qsgd_of_a_zero_bucket_is_zero():
+    # buckets of 2: (3, -4) has norm 5, (0, 0) is zero, the last bucket (2,) is alone
+    x = torch.tensor([[3.0, -4.0, 0.0, 0.0, 2.0]])
+    torch.testing.assert_close(qsgd(x, 4, 2), torch.tensor([[2.5, -3.75, 0.0, 0.0, 2.0]]))
+    for seed in range(20):
+        out = qsgd(x, 4, 2, generator(seed))
+        assert torch.equal(out[:, 2:], torch.tensor([[0.0, 0.0, 2.0]]))
+        assert out[0, 0] in (2.5, 3.75) and out[0, 1] in (-3.75, -5.0)
+    assert torch.equal(qsgd(torch.zeros(2, 7), 16, 0, generator()), torch.zeros(2, 7))
 
 
 def test_qsgd_nearest_levels_by_hand():

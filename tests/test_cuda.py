@@ -165,3 +165,19 @@ def test_dropout_training_on_cuda_equals_the_loop_on_cuda():
         model, layout, theta, data.x, data.y, batches, 0.1, 0.9, 0.0, loop_buffers, 0.0, seeds
     )
     torch.testing.assert_close(fast, slow, rtol=1e-9, atol=1e-12)
+
+
+def test_compressors_on_cuda_send_valid_messages():
+    """Random-k keeps exactly k coordinates per row on the GPU; QSGD's nearest levels equal the
+    CPU's; its stochastic levels are one of the two neighbours."""
+    from robustfl.compression import qsgd, rand_k
+
+    x = torch.randn(40, 1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    g = torch.Generator(device=CUDA).manual_seed(0)
+    for k in (10, 700):
+        out = rand_k(x.to(CUDA), k, g)
+        assert ((out != 0).sum(dim=1) == k).all()
+    torch.testing.assert_close(qsgd(x.to(CUDA), 16, 64).cpu(), qsgd(x, 16, 64))
+    # one bucket per row: a level is norm / 16, and the draw is within one level of x
+    stochastic = qsgd(x.to(CUDA), 16, 0, g).cpu()
+    assert ((stochastic - x).abs() <= x.norm(dim=1, keepdim=True) / 16 * (1 + 1e-9)).all()
