@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 
 from robustfl.build import build_defense
+from robustfl.compression import qsgd, rand_k
 from robustfl.config import instantiate_option
 from robustfl.contracts import Attack, RoundContext, overrides
 from robustfl.models import cnn, init_model, mlp
@@ -170,8 +171,6 @@ def test_dropout_training_on_cuda_equals_the_loop_on_cuda():
 def test_compressors_on_cuda_send_valid_messages():
     """Random-k keeps exactly k coordinates per row on the GPU; QSGD's nearest levels equal the
     CPU's; its stochastic levels are one of the two neighbours."""
-    from robustfl.compression import qsgd, rand_k
-
     x = torch.randn(40, 1000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     g = torch.Generator(device=CUDA).manual_seed(0)
     for k in (10, 700):
