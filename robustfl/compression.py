@@ -66,14 +66,14 @@ def random_subsets(
     """
     if not 0 <= k <= d:
         raise ValueError(f"k={k} must be in [0, d={d}].")
+    if k == 0:
+        return torch.empty(rows, 0, dtype=torch.long, device=device)
     if draws is None:
         # the draws needed are a sum of geometric variables: mean d (H_d - H_(d-k)), variance
         # sum over j < k of j d / (d - j)^2, at most k^2 d / (d - k)^2 and d^2 pi^2 / 6
         expected = d * math.log((d + 0.5) / (d - k + 0.5))
         std = min(k * math.sqrt(d) / (d - k), 1.3 * d) if k < d else 1.3 * d
         draws = math.ceil(expected + 5 * std + 8)
-    if k == 0:
-        return torch.empty(rows, 0, dtype=torch.long, device=device)
     index = torch.randint(d, (rows, draws), generator=generator, device=device)
     ordered, order = torch.sort(index, dim=1, stable=True)
     first_sorted = torch.ones_like(ordered, dtype=torch.bool)

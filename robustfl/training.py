@@ -295,8 +295,8 @@ class LocalTrainer:
     def _train_chunk(self, global_params, x, y, batches, bufs, theta, seeds) -> None:
         """Train the clients of one chunk in place: ``theta (c, d)`` starts as the global
         model and ends as the updates; ``seeds`` are the chunk's dropout seeds (or ``None``).
-        The vmap path works on per-parameter views of the flat
-        rows, so no ``(c, d)`` temporary is allocated per step."""
+        The vmap path works on per-parameter views of the flat rows, so no ``(c, d)``
+        temporary is allocated per step."""
         if self.momentum and bufs is None:  # a fresh optimizer (e.g. the server's root update)
             bufs = torch.zeros_like(theta)
         if self.mlp_plan is not None:
