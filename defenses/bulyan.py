@@ -21,7 +21,12 @@ def bulyan_select(distances: Tensor, f: int, theta: int, selection: Selection) -
     """Indices (sorted) of the ``theta`` rows Bulyan's first step keeps, from the squared
     distances ``(n, n)``. ``"repeated_krum"`` (the paper): take the Krum winner of the
     remaining rows (``r - f - 2`` neighbours of the ``r`` remaining), remove it, repeat.
-    ``"multi_krum"``: the ``theta`` best scores of one Krum pass (Flower's newer strategy)."""
+    ``"multi_krum"``: the ``theta`` best scores of one Krum pass (Flower's newer strategy).
+
+    A pass can tie by construction (at ``n = 4f + 3`` the last pass scores ``f - 1``
+    neighbours: none for ``f = 1``). Tied rows are told apart by their summed squared
+    distance to every remaining row (the most central wins), so the choice does not depend on
+    the clients' order; only rows tied in both go to the lowest index."""
     n = len(distances)
     if selection == "multi_krum":
         return lowest_scores(krum_scores(distances, n - f - 2), theta)
@@ -34,7 +39,13 @@ def bulyan_select(distances: Tensor, f: int, theta: int, selection: Selection) -
         keep = remaining[order]
         keep &= keep.cumsum(dim=1) <= max(0, min(r - f - 2, r - 1))
         scores = torch.where(keep, ordered, 0.0).sum(dim=1).masked_fill_(~remaining, torch.inf)
-        pick = int(torch.argmin(scores))  # ties: the lowest index
+        pick = int(torch.argmin(scores))
+        tied = (scores == scores[pick]) & remaining
+        if int(tied.sum()) > 1:  # e.g. every row of the last pass at n = 4f + 3 when f = 1
+            spread = (
+                torch.where(remaining, distances, 0.0).sum(dim=1).masked_fill_(~tied, torch.inf)
+            )
+            pick = int(torch.argmin(spread))
         chosen.append(pick)
         remaining[pick] = False
     return torch.tensor(sorted(chosen), device=distances.device)

@@ -10,7 +10,7 @@ from torch import Tensor
 
 from robustfl.contracts import Defense
 from robustfl.errors import ConfigError
-from robustfl.linalg import clip_scales, zero_nonfinite
+from robustfl.linalg import clip_scales, row_norms, zero_nonfinite
 
 
 def centered_clipping(updates: Tensor, center: Tensor, tau: float, iterations: int) -> Tensor:
@@ -22,8 +22,9 @@ def centered_clipping(updates: Tensor, center: Tensor, tau: float, iterations: i
         step = torch.zeros_like(v)
         for block in updates.split(rows_per_block(updates)):
             diff = block - v
-            norms = torch.linalg.vector_norm(diff, dim=1)
-            step.addmv_(zero_nonfinite(diff, torch.isfinite(norms)).T, clip_scales(norms, tau))
+            norms = row_norms(diff)
+            scales = clip_scales(norms, tau).to(diff.dtype)
+            step.addmv_(zero_nonfinite(diff, torch.isfinite(norms)).T, scales)
         v = v + step / len(updates)
     return v
 

@@ -9,7 +9,7 @@ from torch import Tensor
 
 from robustfl.contracts import PreAggregator, check_f
 from robustfl.errors import ConfigError
-from robustfl.linalg import clip_rows
+from robustfl.linalg import clip_rows, row_norms
 
 
 def arc_threshold(norms: Tensor, f: int) -> Tensor | None:
@@ -29,8 +29,9 @@ def clipping(updates: Tensor, c: float | None = None, f: int = 0, adaptive: bool
     data-dependent threshold. Non-finite rows become zero."""
     if not adaptive:
         return clip_rows(updates, c)
-    threshold = arc_threshold(torch.linalg.vector_norm(updates, dim=1), f)
-    return clip_rows(updates, torch.inf if threshold is None else threshold)
+    norms = row_norms(updates)
+    threshold = arc_threshold(norms, f)
+    return clip_rows(updates, torch.inf if threshold is None else threshold, norms)
 
 
 class Clipping(PreAggregator):

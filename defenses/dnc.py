@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from robustfl.contracts import Defense
 from robustfl.errors import ConfigError
-from robustfl.linalg import finite_rows, zero_nonfinite
+from robustfl.linalg import power_of_two_scale, row_norms, zero_nonfinite
 
 
 def dnc(
@@ -23,15 +25,25 @@ def dnc(
     Each of ``niters`` passes samples ``b`` coordinates (all when ``d <= b``), centers the
     submatrix, projects it on its top right singular vector, and keeps the ``n - c*f`` rows
     with the smallest squared projections (outlier scores); the good set is the intersection
-    over passes and the output is its mean. Non-finite rows are never kept.
+    over passes and the output is its mean. Non-finite rows are never kept; the outlier scores
+    are computed on the rows divided by a power of two near their median norm (exact), so
+    rows of any magnitude keep their precision, and rows too large to square against the
+    bulk count as non-finite. Without a finite row the output is NaN and nothing is kept.
     """
     n, d = updates.shape
-    finite = finite_rows(updates)
+    norms = row_norms(updates)
+    finite = torch.isfinite(norms)
+    scale = power_of_two_scale(norms, finite)
+    finite &= norms / scale < math.sqrt(torch.finfo(updates.dtype).max / n)
+    if not bool(finite.any()):
+        return torch.full_like(updates[0], torch.nan), torch.zeros(0, dtype=torch.long)
     keep_count = max(1, n - int(c * f))
     good = finite.clone()
     rows = torch.nonzero(finite).flatten()
     x = zero_nonfinite(updates, finite)
     usable = x if bool(finite.all()) else x[rows]
+    if scale != 1.0:
+        usable = usable * (1.0 / scale)
     for _ in range(niters):
         if d > b:
             cols = torch.randperm(d, generator=generator)[:b].to(updates.device)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
 from robustfl.contracts import Defense
 from robustfl.errors import ConfigError
-from robustfl.linalg import finite_rows, zero_nonfinite
+from robustfl.linalg import row_norms, zero_nonfinite
 
 
 def fltrust(updates: Tensor, server_update: Tensor) -> tuple[Tensor, Tensor]:
@@ -15,21 +17,29 @@ def fltrust(updates: Tensor, server_update: Tensor) -> tuple[Tensor, Tensor]:
 
     Trust score ``TS_i = ReLU(cos(u_i, g0))``; each update is rescaled to ``||g0||``; the output
     is ``sum_i TS_i * u_i * ||g0|| / ||u_i|| / sum_i TS_i`` (zero when every score is zero).
-    Non-finite or zero rows get score 0. Returns the aggregate and the scores ``(n,)``.
+    Non-finite or zero rows get score 0, and every score is 0 when ``g0`` is zero or
+    non-finite. Norms and cosines are computed scale-safely (rows of ``1e30`` or ``1e-30``
+    keep their directions). Returns the aggregate and the float64 scores ``(n,)``.
     """
-    finite = finite_rows(updates)
+    norms = row_norms(updates)
+    finite = torch.isfinite(norms)
     x = zero_nonfinite(updates, finite)
-    g0 = server_update.to(updates.dtype)
-    g0_norm = torch.linalg.vector_norm(g0)
-    norms = torch.linalg.vector_norm(x, dim=1)
-    safe = norms.clamp(min=torch.finfo(updates.dtype).tiny)
-    cosine = (x @ g0) / (safe * g0_norm.clamp(min=torch.finfo(updates.dtype).tiny))
-    scores = torch.relu(cosine) * (finite & (norms > 0))
-    total = scores.sum()
-    if float(total) == 0.0:
+    g0 = server_update.to(device=updates.device, dtype=updates.dtype)
+    g0_norm = float(row_norms(g0[None])[0])
+    if not 0.0 < g0_norm < math.inf:
+        return torch.zeros_like(g0), torch.zeros_like(norms)
+    direction = (g0.double() / g0_norm).to(updates.dtype)
+    projections = (x @ direction).double()
+    if not bool(torch.isfinite(projections).all()):  # a finite row's sum overflowed the dtype
+        redo = ~torch.isfinite(projections)
+        projections[redo] = x[redo].double() @ direction.double()
+    valid = finite & (norms > 0)
+    scores = torch.where(valid, torch.relu(projections / norms), 0.0)
+    total = float(scores.sum())
+    if total == 0.0:
         return torch.zeros_like(g0), scores
-    weights = scores * g0_norm / safe
-    return weights @ x / total, scores
+    weights = torch.where(valid, scores * (g0_norm / total) / norms, 0.0)
+    return weights.to(updates.dtype) @ x, scores
 
 
 class FLTrust(Defense):

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from robustfl.contracts import Defense, RoundContext
 from robustfl.errors import ConfigError
-from robustfl.linalg import median_norm_row, zero_nonfinite
+from robustfl.linalg import centered_gram, row_norms, zero_nonfinite
 
 
 def geometric_median(
@@ -32,38 +30,31 @@ def geometric_median(
 
     Every iterate is a combination ``v = w @ updates``, so the iterations run on the float64
     Gram matrix ``G`` of the rows, ``||u_i - v||^2 = G_ii - 2 (G w)_i + w' G w``: only ``G`` and
-    the result touch the ``d`` coordinates. The rows are centered on the finite row of median
-    norm first, which keeps ``G`` accurate in float32, and, when their squares would leave
-    float32's range, scaled by a power of two (exact; the geometric median is
-    scale-equivariant).
+    the result touch the ``d`` coordinates. ``G`` comes from
+    :func:`~robustfl.linalg.centered_gram` (centred where most rows are, scaled by a power of
+    two), which keeps it accurate in float32 at any magnitude; rows too large to square
+    against the bulk get weight 0 like non-finite ones (the geometric median is
+    scale-equivariant, so the scaling changes nothing else).
     """
-    norms = torch.linalg.vector_norm(updates, dim=1)
-    finite = torch.isfinite(norms)
+    norms = row_norms(updates)
+    gram = centered_gram(updates, norms)
     alpha = torch.ones(len(updates), dtype=torch.float64, device=updates.device)
     if weights is not None:
-        alpha = weights.to(torch.float64)
-    alpha = torch.where(finite, alpha, torch.zeros_like(alpha))
+        alpha = weights.to(device=updates.device, dtype=torch.float64)
+    alpha = torch.where(gram.usable, alpha, torch.zeros_like(alpha))
     if not bool((alpha > 0).any()):
         return torch.full_like(updates[0], torch.nan), 0
-    points = zero_nonfinite(updates, finite)
-    scale = 1.0
-    if not 2.0**-50 < float(norms[finite].max()) < 2.0**50:  # squares near float32's limits
-        largest = float(torch.linalg.vector_norm(points, ord=torch.inf))
-        scale = 2.0 ** math.ceil(math.log2(largest)) if largest > 0 else 1.0
-    centered = points - points[median_norm_row(norms, alpha > 0)]
-    if scale != 1.0:
-        centered /= scale
-    gram = (centered @ centered.T).double()
-    diag = gram.diagonal()
+    points = zero_nonfinite(updates, gram.usable)
+    scale = gram.scale
+    diag = gram.matrix.diagonal()
 
     def distances(w: Tensor) -> Tensor:
-        gw = gram @ w
+        gw = gram.matrix @ w
         return (diag - 2.0 * gw + w @ gw).clamp(min=0.0).sqrt()
 
     w = alpha / alpha.sum()
-    if init == "zero":  # the distances from the origin
-        origin = norms if scale == 1.0 else torch.linalg.vector_norm(points / scale, dim=1)
-        dist = origin.where(finite, 0.0).double()
+    if init == "zero":  # the distances from the origin, in the scaled units
+        dist = torch.where(gram.usable, norms / scale, 0.0)
     else:
         dist = distances(w)
     objective = float(alpha @ dist)

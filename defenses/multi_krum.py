@@ -8,23 +8,36 @@ from torch import Tensor
 from defenses.krum import check_krum
 from robustfl.contracts import Defense, check_f
 from robustfl.errors import ConfigError
-from robustfl.linalg import krum_scores, lowest_scores, pairwise_sq_distances, zero_nonfinite
+from robustfl.linalg import (
+    krum_scores,
+    lowest_scores,
+    pairwise_sq_distances,
+    row_norms,
+    zero_nonfinite,
+)
 
 
 def multi_krum(
     updates: Tensor, f: int, m: int | None = None, neighbors: int | None = None
 ) -> tuple[Tensor, Tensor]:
     """The mean of the ``m`` rows (``n - f`` by default) with the lowest Krum scores, and those
-    rows' indices (sorted): ``(n, d) -> (d,), (m,)``."""
+    rows' indices (sorted): ``(n, d) -> (d,), (m,)``.
+
+    A non-finite row scores ``+inf``, so it is chosen only when ``m`` exceeds the number of
+    finite rows (possible for ``m > n - f``); the mean then is non-finite, as a mean of those
+    rows is, rather than a mean with the row silently taken as zero."""
     n = len(updates)
     m = n - f if m is None else m
     k = n - f - 2 if neighbors is None else neighbors
-    norms = torch.linalg.vector_norm(updates, dim=1)  # one pass, for the distances and the mean
+    norms = row_norms(updates)  # one pass, for the distances and the mean
     chosen = lowest_scores(krum_scores(pairwise_sq_distances(updates, norms), k), m)
+    finite = torch.isfinite(norms)
+    if not bool(finite[chosen].all()):
+        return updates[chosen].mean(dim=0), chosen
     weights = torch.zeros(n, dtype=updates.dtype, device=updates.device)
     weights[chosen] = 1.0 / m
     # the chosen rows' mean as one product (unchosen non-finite rows zeroed)
-    return weights @ zero_nonfinite(updates, torch.isfinite(norms)), chosen
+    return weights @ zero_nonfinite(updates, finite), chosen
 
 
 class MultiKrum(Defense):

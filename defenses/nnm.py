@@ -8,7 +8,7 @@ from torch import Tensor
 
 from robustfl.contracts import PreAggregator, check_f
 from robustfl.errors import ConfigError
-from robustfl.linalg import pairwise_sq_distances, zero_nonfinite
+from robustfl.linalg import pairwise_sq_distances, row_norms, zero_nonfinite
 
 
 def nearest_neighbor_mixing(updates: Tensor, f: int) -> Tensor:
@@ -21,7 +21,7 @@ def nearest_neighbor_mixing(updates: Tensor, f: int) -> Tensor:
     """
     n = len(updates)
     k = n - f
-    norms = torch.linalg.vector_norm(updates, dim=1)  # one pass, for the distances and finiteness
+    norms = row_norms(updates)  # one pass, for the distances and finiteness
     dist = pairwise_sq_distances(updates, norms)
     nearest = dist.topk(k, dim=1, largest=False).indices  # (n, k)
     mixing = torch.zeros(n, n, dtype=updates.dtype, device=updates.device)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from robustfl.contracts import Defense
 from robustfl.errors import ConfigError
-from robustfl.linalg import clip_scales, zero_nonfinite
+from robustfl.linalg import clip_scales, row_norms, zero_nonfinite
 
 
 def norm_bound(
@@ -16,8 +16,9 @@ def norm_bound(
 ) -> Tensor:
     """``mean_i clip(u_i, M) + N(0, sigma^2 I)`` of ``updates (n, d)`` -> ``(d,)``, the clipped
     rows never materialized; non-finite rows count as zero."""
-    norms = torch.linalg.vector_norm(updates, dim=1)
-    out = clip_scales(norms, M) @ zero_nonfinite(updates, torch.isfinite(norms)) / len(updates)
+    norms = row_norms(updates)
+    scales = clip_scales(norms, M).to(updates.dtype)
+    out = scales @ zero_nonfinite(updates, torch.isfinite(norms)) / len(updates)
     if sigma:
         noise = torch.randn(out.shape, generator=generator, dtype=out.dtype)
         out = out + sigma * noise.to(out.device)

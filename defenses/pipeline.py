@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from robustfl.contracts import Defense, PreAggregator, RoundContext
-from robustfl.errors import ConfigError
+from robustfl.errors import ConfigError, TooFewRows
 
 
 class Pipeline(Defense):
@@ -33,6 +33,7 @@ class Pipeline(Defense):
         return out
 
     def check(self, n: int) -> None:
+        clients = n
         for stage in self.pre:
             stage.check(n)
             if self.rule.uses_client_identity and stage.output_rows(n) != n:
@@ -42,7 +43,23 @@ class Pipeline(Defense):
                     "before it: drop that pre-aggregator or use the rule without weighting."
                 )
             n = stage.output_rows(n)
-        self.rule.check(n)
+        try:
+            self.rule.check(n)
+        except TooFewRows as error:
+            needed = clients
+            while self.rows_after(needed) < error.minimum:
+                needed += 1
+            names = ",".join(type(stage).__name__ for stage in self.pre)
+            received = f"{error.received} (pre=[{names}] turns {clients} clients into {n} rows)"
+            raise TooFewRows(
+                error.requirement, received, error.minimum, error.lower, needed
+            ) from None
+
+    def rows_after(self, clients: int) -> int:
+        """The rows the rule receives from ``clients`` rows per round."""
+        for stage in self.pre:
+            clients = stage.output_rows(clients)
+        return clients
 
     def split_equivariant(self) -> tuple[list[PreAggregator], Defense]:
         """``(head, tail)`` with ``self(U) = tail(head_k(...head_1(U)))``: the leading

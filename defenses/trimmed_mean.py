@@ -33,10 +33,12 @@ class TrimmedMean(Defense):
         check_f(f)
         self.f = f
         self.b = f if b is None else b
+        self.b_given = b is not None
         check_f(self.b, "defense.b")
 
     def check(self, n: int) -> None:
-        require_rows("trimmed_mean", n, 2 * self.b + 1, f"2b < n with b={self.b}", self.f)
+        lower = "defense.b" if self.b_given else "defense.f"
+        require_rows("trimmed_mean", n, 2 * self.b + 1, f"2b < n with b={self.b}", self.f, lower)
 
     def __call__(self, updates: Tensor) -> Tensor:
         return trimmed_mean(updates, self.b)

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from robustfl.errors import ConfigError
+from robustfl.errors import ConfigError, TooFewRows
 
 Knowledge = Literal["omniscient", "local"]
 
@@ -77,12 +77,14 @@ def check_f(f: int, key: str = "defense.f") -> None:
         raise ConfigError(f"{key}={f} is invalid: it must be >= 0.")
 
 
-def require_rows(rule: str, n: int, minimum: int, condition: str, f: int) -> None:
-    """Raise a :class:`ConfigError` naming the numbers when ``n < minimum`` rows per round."""
+def require_rows(
+    rule: str, n: int, minimum: int, condition: str, f: int, lower: str = "defense.f"
+) -> None:
+    """Raise :class:`TooFewRows` naming the numbers when ``n < minimum`` rows per round;
+    ``lower`` is the parameter whose smaller value would relax the condition."""
     if n < minimum:
-        raise ConfigError(
-            f"defense={rule} needs {condition}, but n={n} rows per round and f={f}: raise "
-            f"fl.clients_per_round to at least {minimum} or lower defense.f."
+        raise TooFewRows(
+            f"defense={rule} needs {condition}", f"n={n} rows per round and f={f}", minimum, lower
         )
 
 

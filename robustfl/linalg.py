@@ -1,18 +1,56 @@
 """Row geometry shared by attacks and defenses (attacks simulate Krum, defenses run it), kept
 here so that neither package imports the other. All functions take an update matrix
-``(n, d)`` and never loop over clients or coordinates."""
+``(n, d)`` and never loop over clients or coordinates.
+
+Attackers choose the rows, so every function here stays exact on what they can send: rows
+with a large common part and a tiny spread (late training), magnitudes near the ends of the
+float range, identical rows, and non-finite entries.
+"""
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from robustfl.kernels import centered_products
+
+#: A recentered Gram matrix is kept when the centre's median squared distance to the rows is
+#: at most this many times the smallest such median: float32 then keeps about 16 of its 24
+#: bits in the distances between the rows near the centre.
+CENTER_SLACK = 256.0
+
+
+def row_norms(updates: Tensor) -> Tensor:
+    """``(n,)`` float64 Euclidean norms of the rows of ``updates (n, d)``, accurate at any
+    magnitude: rows whose norm over- or underflows in the input's precision (float32 squares
+    leave its range above about ``1.8e19`` and lose bits below ``1e-19``) are recomputed in
+    float64 after an exact power-of-two scaling. Non-finite exactly for a row with a NaN or an
+    infinite entry."""
+    norms = torch.linalg.vector_norm(updates, dim=1)
+    info = torch.finfo(updates.dtype)
+    low, high = math.sqrt(info.tiny) * 2.0**12, math.sqrt(info.max) / 2.0**12
+    if len(norms) == 0:
+        return norms.double()
+    smallest, largest = torch.aminmax(norms)  # NaN propagates and fails the test below
+    if low < float(smallest) and float(largest) < high:
+        return norms.double()
+    suspect = ~((norms > low) & (norms < high))  # also NaN and inf
+    norms = norms.double()
+    if bool(suspect.any()):
+        rows = updates[suspect].double()
+        _, exponent = torch.frexp(rows.abs().amax(dim=1))
+        factor = torch.exp2(exponent.double())
+        scaled = torch.linalg.vector_norm(rows / factor[:, None], dim=1) * factor
+        norms[suspect] = torch.where(torch.isfinite(rows).all(dim=1), scaled, torch.inf)
+    return norms
+
 
 def finite_rows(updates: Tensor) -> Tensor:
-    """``(n,)`` bool: rows whose Euclidean norm is finite. A row with a NaN or an infinite
-    entry has a non-finite norm; so does a row so large that its norm overflows, which every
-    robust rule treats as an outlier anyway."""
-    return torch.isfinite(torch.linalg.vector_norm(updates, dim=1))
+    """``(n,)`` bool: rows whose entries are all finite (however large)."""
+    return torch.isfinite(row_norms(updates))
 
 
 def zero_nonfinite(updates: Tensor, finite: Tensor) -> Tensor:
@@ -24,40 +62,126 @@ def zero_nonfinite(updates: Tensor, finite: Tensor) -> Tensor:
     return torch.where(finite[:, None], updates, zero)
 
 
+def power_of_two_scale(norms: Tensor, usable: Tensor) -> float:
+    """A power of two near the median of the ``usable`` rows' ``norms`` (1 when all of them
+    lie between ``2^-40`` and ``2^40``, where squares are safe in float32, or the median is
+    zero). Dividing by it is exact and brings the bulk of the rows to unit scale, whatever a
+    minority sends."""
+    if not bool(usable.any()):
+        return 1.0
+    values = norms if bool(usable.all()) else norms[usable]
+    smallest, largest = torch.aminmax(values)
+    if 2.0**-40 < float(smallest) and float(largest) < 2.0**40:
+        return 1.0
+    middle = float(values.sort().values[(len(values) - 1) // 2])
+    if middle == 0.0 or 2.0**-40 < middle < 2.0**40:
+        return 1.0
+    return 2.0 ** min(max(math.frexp(middle)[1], -120), 120)  # its inverse fits float32 too
+
+
 def median_norm_row(norms: Tensor, usable: Tensor) -> int:
     """Index of the row of median norm among the ``usable`` ones (the lower middle for an even
-    count; equal norms to the lower index): the reference row distance computations center
-    on. Needs at least one usable row."""
-    keys = torch.where(usable, norms, torch.full_like(norms, torch.inf))
+    count; equal norms to the lower index). Needs at least one usable row."""
+    keys = norms if bool(usable.all()) else torch.where(usable, norms, torch.inf)
     order = torch.argsort(keys, stable=True)
     return int(order[(int(usable.sum()) - 1) // 2])
 
 
-def pairwise_sq_distances(updates: Tensor, norms: Tensor | None = None) -> Tensor:
-    """``(n, n)`` squared Euclidean distances between rows, by one matrix product.
+class Gram(NamedTuple):
+    """Inner products of rows after centering and scaling (:func:`centered_gram`).
 
-    ``|a|^2 + |b|^2 - 2ab`` cancels catastrophically in float32 when rows share a large common
-    part (late in training), so the rows are first centered on the finite row of median norm:
-    honest whenever fewer than half the rows are outliers, which keeps the centered values at
-    the scale of the honest spread. The Gram matrix is made exactly symmetric, so equal
-    distances tie exactly and rules break ties by index, not by rounding. Rows with a
-    non-finite entry, or whose norm overflows, are at distance ``+inf`` from every other row;
-    the diagonal is 0. ``norms (n,)`` saves a pass for a caller that has them.
+    ``matrix (n, n)`` float64: ``<(u_i - c) / scale, (u_j - c) / scale>``, exactly symmetric,
+    zero in the rows and columns of unusable rows. ``usable (n,)``: rows with finite entries
+    whose scaled squares fit the input's dtype. ``scale``: the power of two divided out.
     """
-    if norms is None:
-        norms = torch.linalg.vector_norm(updates, dim=1)
-    finite = torch.isfinite(norms)
-    x = zero_nonfinite(updates, finite)
-    if bool(finite.any()):
-        x = x - x[median_norm_row(norms, finite)]
-    gram = x @ x.T
+
+    matrix: Tensor
+    usable: Tensor
+    scale: float
+
+    def sq_distances(self) -> Tensor:
+        """``(n, n)`` float64 squared distances in the rows' own units; ``+inf`` to and from
+        unusable rows, 0 on the diagonal."""
+        sq = self.matrix.diagonal()
+        dist = torch.add(sq[:, None], sq[None, :]).sub_(self.matrix, alpha=2.0).clamp_(min=0.0)
+        if self.scale != 1.0:
+            dist.mul_(self.scale**2)
+        if not bool(self.usable.all()):
+            good = self.usable
+            dist.masked_fill_(~(good[:, None] & good[None, :]), torch.inf)
+        return dist.fill_diagonal_(0.0)
+
+
+def _gram_about(x: Tensor, center: Tensor, scale: float, finite: Tensor) -> Gram:
+    gram = centered_products(x, center, scale).double()
     gram = 0.5 * (gram + gram.T)
-    sq = gram.diagonal()
-    dist = sq[:, None] + sq[None, :] - 2.0 * gram
-    dist = torch.nan_to_num(dist, nan=torch.inf).clamp_(min=0.0)
-    good = finite & torch.isfinite(sq)
-    dist.masked_fill_(~(good[:, None] & good[None, :]), torch.inf)
-    return dist.fill_diagonal_(0.0)
+    usable = finite & torch.isfinite(gram.diagonal())
+    if not bool(usable.all()):
+        gram.masked_fill_(~(usable[:, None] & usable[None, :]), 0.0)
+    return Gram(gram, usable, scale)
+
+
+def _median_distances(dist: Tensor, usable: Tensor) -> Tensor:
+    """``(n,)`` each row's median (lower middle) squared distance to the other usable rows,
+    from squared distances ``(n, n)`` with ``+inf`` to unusable rows and a zero diagonal
+    (which sorts first); ``+inf`` for unusable rows."""
+    count = int(usable.sum())
+    if count < 2:
+        return torch.where(usable, 0.0, torch.inf).to(dist.dtype)
+    return dist.kthvalue(2 + (count - 2) // 2, dim=1).values
+
+
+def centered_gram(updates: Tensor, norms: Tensor | None = None) -> Gram:
+    """The Gram matrix of ``updates (n, d)`` computed so that float32 keeps its precision on
+    the rows an attacker can send.
+
+    ``|a|^2 + |b|^2 - 2ab`` cancels catastrophically when rows share a large common part
+    (late in training), so the rows are centred on one of them first; and a minority must not
+    choose that centre. The first centre is the row of median norm (usually honest and near
+    the others). If its median squared distance to the rows exceeds :data:`CENTER_SLACK`
+    times the smallest median squared distance of any row (it lies far from where most rows
+    are, e.g. a Byzantine row of the honest norm), the matrix is recomputed about the row
+    with that smallest median: near more than half the rows, so near honest ones, whoever
+    sent it. Rows are divided by :func:`power_of_two_scale` of the norms, so rows near
+    float32's limits (all of ``1e30`` or ``1e-30``) keep full precision; a row whose scaled
+    squares still overflow is unusable (infinitely far from the bulk). ``norms (n,)`` from
+    :func:`row_norms` saves a pass for a caller that has them.
+    """
+    return _centered(updates, norms)[0]
+
+
+def _centered(updates: Tensor, norms: Tensor | None) -> tuple[Gram, Tensor]:
+    """:func:`centered_gram` and its :meth:`Gram.sq_distances`, each computed once."""
+    norms = row_norms(updates) if norms is None else norms
+    finite = torch.isfinite(norms)
+    n = len(updates)
+    if not bool(finite.any()):
+        zeros = torch.zeros(n, n, dtype=torch.float64, device=updates.device)
+        gram = Gram(zeros, finite, 1.0)
+        return gram, gram.sq_distances()
+    x = zero_nonfinite(updates, finite)
+    scale = power_of_two_scale(norms, finite)
+    center = median_norm_row(norms, finite)
+    gram = _gram_about(x, x[center], scale, finite)
+    dist = gram.sq_distances()
+    for _ in range(2):  # one recentring suffices unless the first centre was absurdly far
+        spread = _median_distances(dist, gram.usable).tolist()
+        nearest = min(range(n), key=spread.__getitem__)
+        if not spread[center] > CENTER_SLACK * spread[nearest]:
+            break
+        center = nearest
+        gram = _gram_about(x, x[center], scale, finite)
+        dist = gram.sq_distances()
+    return gram, dist
+
+
+def pairwise_sq_distances(updates: Tensor, norms: Tensor | None = None) -> Tensor:
+    """``(n, n)`` float64 squared Euclidean distances between the rows of ``updates (n, d)``,
+    from one matrix product (:func:`centered_gram`): exactly symmetric, so equal distances tie
+    exactly and rules break ties by index, not by rounding. Rows with a non-finite entry, or
+    too large to square against the bulk of the rows, are at distance ``+inf`` from every other
+    row; the diagonal is 0. ``norms (n,)`` from :func:`row_norms` saves a pass."""
+    return _centered(updates, norms)[1]
 
 
 def krum_scores(distances: Tensor, neighbors: int) -> Tensor:
@@ -86,9 +210,10 @@ def clip_scales(norms: Tensor, threshold: Tensor | float) -> Tensor:
     return torch.where(torch.isfinite(norms), scale, torch.zeros_like(scale))
 
 
-def clip_rows(updates: Tensor, threshold: Tensor | float) -> Tensor:
+def clip_rows(updates: Tensor, threshold: Tensor | float, norms: Tensor | None = None) -> Tensor:
     """Every row of ``updates (n, d)`` scaled to norm at most ``threshold``; rows inside are
-    unchanged, non-finite rows become zero."""
-    norms = torch.linalg.vector_norm(updates, dim=1)
-    scale = clip_scales(norms, threshold)
+    unchanged, non-finite rows become zero. ``norms (n,)`` from :func:`row_norms` saves a
+    pass."""
+    norms = row_norms(updates) if norms is None else norms
+    scale = clip_scales(norms, threshold).to(updates.dtype)
     return zero_nonfinite(updates, torch.isfinite(norms)) * scale[:, None]

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from robustfl.errors import ConfigError
-from robustfl.linalg import clip_rows, clip_scales
+from robustfl.linalg import clip_rows, clip_scales, row_norms
 
 PLACEMENTS = ("none", "local", "central")
 GUARANTEES = {
@@ -42,11 +42,11 @@ def gaussian_mechanism_(
     """Local placement, in place: each row of ``updates (n, d)`` clipped to norm ``clip``
     (non-finite rows become zero) plus independent ``N(0, (noise_multiplier clip)^2)`` per
     coordinate."""
-    norms = torch.linalg.vector_norm(updates, dim=1)
+    norms = row_norms(updates)
     finite = torch.isfinite(norms)
     if not bool(finite.all()):
         updates[~finite] = 0.0
-    updates.mul_(clip_scales(norms, clip)[:, None])
+    updates.mul_(clip_scales(norms, clip).to(updates.dtype)[:, None])
     if noise_multiplier:
         noise = torch.randn(
             updates.shape, generator=generator, device=updates.device, dtype=updates.dtype

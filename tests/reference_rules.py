@@ -4,6 +4,7 @@ defenses/ (no shared code), for the tests to compare against."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -39,18 +40,16 @@ def bulyan(rows, f):
     chosen = []
     for _ in range(n - 2 * f):
         sub = [rows[i] for i in remaining]
-        pick = remaining[krum_index(sub, f)] if len(sub) > f + 2 else remaining[0]
+        scores = krum_scores(sub, f) if len(sub) > f + 2 else [0.0] * len(sub)
+        # equal scores: the smallest summed squared distance to the remaining rows, then index
+        spread = [sum(sq(a, b) for b in sub) for a in sub]
+        pick = remaining[min(range(len(sub)), key=lambda i: (scores[i], spread[i], i))]
         chosen.append(pick)
         remaining.remove(pick)
     theta = n - 2 * f
     beta = theta - 2 * f
     sel = np.array([rows[i] for i in chosen], float)
-    out = []
-    for j in range(sel.shape[1]):
-        column = sel[:, j]
-        med = np.median(column)
-        closest = sorted(column, key=lambda v: abs(v - med))[:beta]
-        out.append(np.mean(closest))
+    out = [nearest_to_median_mean(sel[:, j].tolist(), beta) for j in range(sel.shape[1])]
     return np.array(out), sorted(chosen)
 
 
@@ -65,3 +64,33 @@ def nnm(rows, f):
 
 def all_subsets(n, k):
     return itertools.combinations(range(n), k)
+
+
+def lower_middle_median(values):
+    """The median as the rules define it: the middle of the sorted values (NaN last), or the
+    mean of the two middle ones."""
+    ordered = sorted(values, key=lambda v: (math.isnan(v), v))
+    t = len(ordered)
+    return ordered[t // 2] if t % 2 else 0.5 * (ordered[t // 2 - 1] + ordered[t // 2])
+
+
+def nearest_to_median_mean(values, keep):
+    """The mean of the ``keep`` values nearest to the median, by enumeration: every value
+    closer than the keep-th smallest distance is in; each way of filling the places left from
+    the values at exactly that distance is one choice, and the result is the average over the
+    choices. ``None`` when a choice holds a non-finite value or the median is not finite (the
+    rule's output is then non-finite)."""
+    med = lower_middle_median(values)
+    if not math.isfinite(med):
+        return None
+    dist = [abs(v - med) if math.isfinite(v) else math.inf for v in values]
+    radius = sorted(dist)[keep - 1]
+    closer = [v for v, e in zip(values, dist, strict=True) if e < radius]
+    tied = [v for v, e in zip(values, dist, strict=True) if e == radius]
+    if not math.isfinite(radius):
+        return None
+    means = [
+        (sum(closer) + sum(choice)) / keep
+        for choice in itertools.combinations(tied, keep - len(closer))
+    ]
+    return sum(means) / len(means)

@@ -35,6 +35,7 @@ from defenses.norm_bound import NormBound
 from defenses.pipeline import Pipeline
 from defenses.trimmed_mean import TrimmedMean, trimmed_mean
 from robustfl.build import build_defense
+from robustfl.config import register_configs
 from robustfl.errors import ConfigError
 from robustfl.linalg import lowest_scores, median_norm_row, pairwise_sq_distances
 
@@ -195,29 +196,11 @@ def test_bulyan_selection_with_ties_equals_repeated_krum_by_definition(seed):
     assert chosen.tolist() == ref.bulyan(rows.double().tolist(), f)[1]
 
 
-def closest_window_by_definition(column: list[float], beta: int) -> float:
-    """Bulyan's second step for one coordinate, from its definition: the window of ``beta``
-    sorted values whose larger distance to the median is smallest (NaN costs last, ties to
-    the lower start), averaged."""
-    nan = float("nan")
-    ordered = sorted(column, key=lambda v: (math.isnan(v), v))
-    t = len(ordered)
-    med = ordered[t // 2] if t % 2 else 0.5 * (ordered[t // 2 - 1] + ordered[t // 2])
-
-    def cost(s: int) -> tuple[bool, float]:
-        below, above = med - ordered[s], ordered[s + beta - 1] - med
-        c = nan if math.isnan(below) or math.isnan(above) else max(below, above)
-        return (math.isnan(c), 0.0 if math.isnan(c) else c)
-
-    best = min(range(t - beta + 1), key=lambda s: (cost(s), s))
-    with np.errstate(invalid="ignore"):  # inf + -inf
-        return float(np.mean(ordered[best : best + beta]))
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_mean_around_median_equals_the_definition(seed):
-    """Small integers (many ties, exact sums) with +-inf and NaN: Bulyan's second step and
-    MeaMed's window equal the definition per coordinate."""
+    """Small integers (many ties on both sides of the median, exact sums) with +-inf and NaN:
+    Bulyan's second step and MeaMed equal the enumerated definition per coordinate, and are
+    non-finite exactly where a nearest value or the median is."""
     rng = np.random.default_rng(seed)
     for t in (1, 2, 5, 8, 13):
         for beta in {1, (t + 1) // 2, t}:
@@ -225,8 +208,37 @@ def test_mean_around_median_equals_the_definition(seed):
             specials = rng.random((t, 40)) < (0.0 if seed == 0 else 0.2)
             values[specials] = rng.choice(np.float32([np.inf, -np.inf, np.nan]), specials.sum())
             got = mean_around_median(torch.from_numpy(values), beta).numpy()
-            want = [closest_window_by_definition(values[:, j].tolist(), beta) for j in range(40)]
-            np.testing.assert_allclose(got, np.float32(want), rtol=1e-6)
+            for j in range(40):
+                want = ref.nearest_to_median_mean(values[:, j].tolist(), beta)
+                if want is None:
+                    assert not np.isfinite(got[j]), (t, beta, values[:, j])
+                else:
+                    assert got[j] == pytest.approx(want, rel=1e-6, abs=1e-6), (values[:, j], beta)
+
+
+def test_mean_around_median_keeps_the_nearest_values_when_the_far_one_repeats():
+    """The issue's column: three copies of -2.115 (distance 1.683) and 1.208 (1.639) compete
+    for the last places; the ten values nearest to the median -0.432 average -0.623 (a window
+    rule tied to the lower start kept all three copies and gave -0.955)."""
+    column = [-2.41, -2.115, -2.115, -2.115, -1.617, -1.024, -0.801, -0.547, -0.316, 0.315]
+    column += [0.787, 1.208, 1.619, 1.973, 2.443, 2.497]
+    values = np.asarray(column)
+    nearest = values[np.argsort(np.abs(values - np.median(values)), kind="stable")[:10]]
+    assert -2.115 in nearest and 1.208 in nearest  # one copy in, and the value above it too
+    got = float(mean_around_median(torch.tensor(column)[:, None], 10))
+    assert got == pytest.approx(nearest.mean(), abs=1e-6)
+    assert got == pytest.approx(-0.6225, abs=1e-4)
+
+
+def test_mean_around_median_shares_places_between_two_sided_ties():
+    """Median 0, keep 2 of [-1, 0, 1]: 0 is in and -1 and 1 tie for the last place; each
+    enters with weight 1/2, so the result is 0 whatever the rows' order, and rule(-U) = -rule(U)."""
+    for order in ([-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]):
+        assert float(mean_around_median(torch.tensor(order)[:, None], 2)) == 0.0
+    rows = torch.tensor([[-3.0], [-1.0], [0.0], [1.0], [5.0]])
+    # median 0; keep 4: -1, 0, 1 closer than 3; the fourth place goes to -3 (5 is farther)
+    assert float(mean_around_median(rows, 4)) == pytest.approx(-0.75)
+    assert float(mean_around_median(-rows, 4)) == pytest.approx(0.75)
 
 
 def test_krum_is_right_where_the_plain_gram_trick_cancels():
@@ -608,6 +620,7 @@ DEFENSE_DIR = Path(__file__).parents[1] / "conf" / "defense"
 def shipped_defense(name: str, pre: tuple = ()):
     """The conf/defense option ``name`` (f = 2), optionally behind pre-aggregators, prepared
     with a seeded generator (bucketing draws from it)."""
+    register_configs()  # the resolvers some options use (cclip's momentum_scaled)
     root = OmegaConf.create(
         {
             "fl": {"num_byzantine": 2, "momentum": 0.0},

@@ -148,3 +148,20 @@ def test_kernels_work_in_a_forked_child():
             np.testing.assert_array_equal(result.get(timeout=60), expected)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n", [1, 3, 50])
+@pytest.mark.parametrize("d", [7, 256, 60_001])
+@pytest.mark.parametrize("scale", [1.0, 2.0**-100, 2.0**90])
+def test_centered_products_equal_the_product_of_the_centred_rows(n, d, scale):
+    """Blocked accumulation (d above one block) against ``c @ c.T`` in float64, on rows with
+    a large common part, at scales where a plain float32 product would over- or underflow."""
+    from robustfl.kernels import centered_products
+
+    g = torch.Generator().manual_seed(n * d)
+    x = ((1e3 + torch.randn(n, d, generator=g, dtype=torch.float64)) * scale).float()
+    center = x[n // 2].clone()
+    exact = (x.double() - center.double()) / scale
+    exact = exact @ exact.T
+    got = centered_products(x, center, scale).double()
+    assert float((got - exact).abs().max()) <= 1e-5 * float(exact.abs().max()) + 1e-30

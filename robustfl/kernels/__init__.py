@@ -10,6 +10,7 @@ primitives, so their modules read as their papers' definitions.
 | :func:`sort_columns` | ``torch.sort(x, dim=0).values`` | numpy's sort, or a sorting network up to 24 rows |
 | :func:`column_median` | the middle of :func:`sort_columns` | numpy's selection |
 | :func:`mean_and_std` | ``x.mean(0)``, ``x.std(0)`` | two passes over cache-sized row blocks (any CPU dtype) |
+| :func:`centered_products` | ``c @ c.T``, ``c = (x - center) / scale`` | accumulated over cache-sized column blocks (any CPU dtype) |
 | local SGD of an MLP | ``vmap(grad(loss))`` (:mod:`robustfl.training`) | batched products by hand (:mod:`.mlp`) |
 | local SGD of a CNN | ``vmap(grad(loss))`` | client by client on parallel threads (:mod:`.conv`) |
 | evaluating a CNN | the model, batches of 4096 | its :func:`.conv.fast_twin`, batches of 128 |
@@ -67,6 +68,31 @@ def mean_and_std(x: Tensor, unbiased: bool = True) -> tuple[Tensor, Tensor]:
     return x.mean(dim=0), x.std(dim=0, unbiased=unbiased)
 
 
+#: Entries per column block of :func:`centered_products` on the CPU (4 MiB of float32).
+PRODUCT_BLOCK_ENTRIES = 1 << 20
+
+
+def centered_products(x: Tensor, center: Tensor, scale: float = 1.0) -> Tensor:
+    """``(n, n)`` inner products of the rows of ``x (n, d)`` centred on ``center (d,)`` and
+    divided by ``scale``: ``c @ c.T`` with ``c = (x - center) / scale``. On the CPU the
+    centred rows are made and multiplied a block of columns at a time, so the centred copy
+    stays in the cache instead of being written to fresh memory."""
+    n, d = x.shape
+    step = max(256, PRODUCT_BLOCK_ENTRIES // max(1, n))
+    if x.device.type != "cpu" or d <= step:
+        centered = x - center
+        if scale != 1.0:
+            centered.mul_(1.0 / scale)
+        return centered @ centered.T
+    out = torch.zeros(n, n, dtype=x.dtype)
+    for lo in range(0, d, step):
+        part = x[:, lo : lo + step] - center[lo : lo + step]
+        if scale != 1.0:
+            part.mul_(1.0 / scale)
+        out.addmm_(part, part.T)
+    return out
+
+
 def training_path(model: nn.Module, device: torch.device) -> TrainingPath:
     """How :class:`robustfl.training.LocalTrainer` runs local SGD for ``model``: ``"mlp"``,
     the hand-written step, for ``Sequential(Flatten, Linear, ReLU, ..., Linear)``; ``"clients"``,
@@ -90,6 +116,7 @@ def evaluation_plan(model: nn.Module, device: torch.device) -> tuple[nn.Module, 
 
 
 __all__ = [
+    "centered_products",
     "column_median",
     "evaluation_plan",
     "mean_and_std",
