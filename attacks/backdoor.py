@@ -29,8 +29,16 @@ def stamp(x: Tensor, size: int, value: float) -> Tensor:
 
 class Backdoor(Attack):
     """Byzantine clients stamp the trigger on a ``fraction`` of their samples, relabel those to
-    ``target`` and train honestly on the result; with ``boost > 1`` they scale their update by
-    ``boost`` (model replacement: Bagdasaryan et al. use ``n / server_lr``).
+    ``target`` and train honestly on the result; with ``boost`` they scale their update up.
+
+    Model replacement (Bagdasaryan et al. 2020, eq. 3) scales by ``n / eta`` for one attacker
+    (``n`` clients a round, ``eta`` the server's step on their mean): then the attacker's
+    update replaces the mean. When ``f`` attackers send together, each needs only
+    ``n / (f eta)``; ``boost: auto`` computes that factor every round from the round's counts
+    and ``server_lr`` (a larger factor overshoots the replacement). Constrain-and-scale
+    (their section 4): with ``norm_bound`` set, an update is scaled at most up to that norm,
+    the largest a norm-bounding defense lets through unclipped (give it the defense's bound:
+    norm bounding's ``M``, a clipping pre-aggregator's ``c``).
 
     The attack success rate (``asr``) is the share of triggered test inputs whose true class is
     not ``target`` that the model assigns to ``target``.
@@ -38,29 +46,48 @@ class Backdoor(Attack):
     Args:
         target: the backdoor's target class.
         fraction: share of each Byzantine client's samples that are poisoned.
-        boost: update scaling (1: none).
+        boost: update scaling (1: none, plain data poisoning as in BadNets), or ``"auto"``:
+            ``n / (f server_lr)``, the replacement factor for ``f`` attackers.
+        norm_bound: the largest norm a scaled update may reach (``None``: unbounded).
+        server_lr: the server's step (``fl.server_lr``), for ``boost: auto``.
         trigger_size: side of the square (images) or number of features (flat inputs).
         trigger_value: the trigger's value; ``None`` uses the largest input value (white).
     """
+
+    targeted = True
 
     def __init__(
         self,
         target: int = 0,
         fraction: float = 0.5,
-        boost: float = 1.0,
+        boost: float | str = 1.0,
         trigger_size: int = 2,
         trigger_value: float | None = None,
         knowledge: str = "local",
+        norm_bound: float | None = None,
+        server_lr: float = 1.0,
     ) -> None:
         super().__init__(knowledge)
         if not 0 < fraction <= 1:
             raise ConfigError(f"attack.fraction={fraction} is invalid: it must be in (0, 1].")
-        if boost <= 0:
-            raise ConfigError(f"attack.boost={boost} is invalid: it must be > 0.")
+        if boost != "auto" and not (isinstance(boost, int | float) and boost > 0):
+            raise ConfigError(f"attack.boost={boost!r} is invalid: use a number > 0 or 'auto'.")
+        if norm_bound is not None and norm_bound <= 0:
+            raise ConfigError(f"attack.norm_bound={norm_bound} is invalid: use null or > 0.")
+        if server_lr <= 0:
+            raise ConfigError(f"attack.server_lr={server_lr} is invalid: it must be > 0.")
         if trigger_size < 1:
             raise ConfigError(f"attack.trigger_size={trigger_size} is invalid: it must be >= 1.")
         self.target, self.fraction, self.boost = target, fraction, boost
+        self.norm_bound, self.server_lr = norm_bound, server_lr
         self.trigger_size, self.trigger_value = trigger_size, trigger_value
+
+    def factor(self, num_clients: int, num_byzantine: int) -> float:
+        """The boost for a round with ``num_clients`` rows, ``num_byzantine`` of them
+        Byzantine: ``boost``, or ``n / (f server_lr)`` for ``"auto"``."""
+        if self.boost == "auto":
+            return num_clients / (max(num_byzantine, 1) * self.server_lr)
+        return float(self.boost)
 
     def bind(self, num_classes: int, input_shape: tuple[int, ...], input_max: float) -> None:
         super().bind(num_classes, input_shape, input_max)
@@ -96,7 +123,12 @@ class Backdoor(Attack):
         return x, y
 
     def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
-        return byzantine if self.boost == 1.0 else self.boost * byzantine
+        factor = self.factor(ctx.num_clients, ctx.num_byzantine)
+        if self.norm_bound is None:
+            return byzantine if factor == 1.0 else factor * byzantine
+        norms = torch.linalg.vector_norm(byzantine, dim=1, keepdim=True)
+        room = self.norm_bound / norms.clamp(min=torch.finfo(byzantine.dtype).tiny)
+        return byzantine * torch.clamp(room, max=factor)
 
     def backdoor_test_set(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         keep = y != self.target

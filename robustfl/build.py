@@ -193,6 +193,7 @@ def build(cfg: DictConfig) -> Simulation:
         dataset.y_test.to(device),
         None if backdoor is None else (backdoor[0].to(device), backdoor[1].to(device)),
         eval_batch,
+        "asr" if attack.targeted else "trigger_rate",
     )
     global_params = layout.flatten(model)
     privacy.bind(fl.num_clients, per_round)

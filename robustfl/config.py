@@ -8,6 +8,8 @@ before any data is loaded or model built.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -242,3 +244,24 @@ def defense_label(cfg: Any) -> str:
     ``"clipping+nnm+trimmed_mean"``."""
     pre = cfg.get("pre") or {}
     return "+".join([*pre, str(cfg["defense"].get("name", "?"))])
+
+
+def defense_identity(cfg: Any) -> str:
+    """A short digest of what the defense computes, from a resolved config (or its plain
+    mapping): the rule's and the pre-aggregators' targets and parameters, without their
+    ``name`` labels. Two runs labelled alike but with different digests ran different rules."""
+
+    def plain(node: Any) -> dict[str, Any]:
+        if isinstance(node, DictConfig):
+            node = OmegaConf.to_container(node, resolve=True)
+        return dict(node or {})
+
+    def without_name(node: Any) -> dict[str, Any]:
+        return {k: v for k, v in plain(node).items() if k != "name"}
+
+    rule = {
+        "defense": without_name(cfg.get("defense")),
+        "pre": [[name, without_name(node)] for name, node in plain(cfg.get("pre")).items()],
+    }
+    blob = json.dumps(rule, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:8]

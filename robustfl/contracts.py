@@ -97,6 +97,11 @@ class Attack:
             clients computed honestly. :meth:`observed` returns the rows an attack may use.
     """
 
+    #: A targeted attack (a backdoor) has an attack success rate on :meth:`backdoor_test_set`,
+    #: logged as ``asr``; for an untargeted one that set measures the clean model's trigger
+    #: rate (``trigger_rate``), the baseline a backdoor's success is read against.
+    targeted = False
+
     def __init__(self, knowledge: Knowledge = "omniscient") -> None:
         if knowledge not in ("omniscient", "local"):
             raise ConfigError(
@@ -136,7 +141,8 @@ class Attack:
 
     def backdoor_test_set(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor] | None:
         """For backdoors: the triggered test inputs and their target labels, from the clean
-        test set ``x, y``; the engine reports the accuracy on them as ``asr``."""
+        test set ``x, y``; the engine reports the accuracy on them as ``asr`` (``targeted``)
+        or ``trigger_rate``."""
         return None
 
     def observed(self, honest: Tensor, byzantine: Tensor) -> Tensor:

@@ -59,14 +59,15 @@ class Evaluation:
     y: Tensor
     backdoor: tuple[Tensor, Tensor] | None
     batch_size: int = 4096
+    backdoor_metric: str = "asr"  # or "trigger_rate", for a clean model (Attack.targeted)
 
     def __call__(self, params: Tensor) -> dict[str, float]:
-        """Accuracy and loss of the model with flat ``params (d,)``, and the attack success
-        rate ``asr`` on the triggered inputs when there are any."""
+        """Accuracy and loss of the model with flat ``params (d,)``, and the share of the
+        triggered inputs it assigns to the target when there are any (``backdoor_metric``)."""
         accuracy, loss = evaluate(self.model, self.layout, params, self.x, self.y, self.batch_size)
         metrics = {"accuracy": accuracy, "loss": loss}
         if self.backdoor is not None:
-            metrics["asr"], _ = evaluate(
+            metrics[self.backdoor_metric], _ = evaluate(
                 self.model, self.layout, params, *self.backdoor, self.batch_size
             )
         return metrics
@@ -120,6 +121,8 @@ class Stopwatch:
 @dataclass
 class RoundResult:
     finite: bool  # the aggregate and the new global model are finite
+    aggregate_finite: bool  # the rule's output was finite
+    updates_finite: bool  # every row the rule received was finite
     robustness_error: float  # ||aggregate - mean(honest)|| / ||mean(honest)||, on the messages
     byzantine_selected: int | None  # Byzantine rows a selecting rule kept
     num_byzantine: int  # Byzantine rows this round
@@ -195,6 +198,31 @@ def poison(sim: Simulation, updates: Tensor, byz_rows: Tensor, ctx: RoundContext
     updates[byz_rows] = sim.compression.project(crafted.to(updates.dtype).neg())
 
 
+def rule_name(defense: Defense) -> str:
+    """A defense's class name, behind its pre-aggregators' (``NearestNeighborMixing+Median``)."""
+    stages = [type(stage).__name__ for stage in getattr(defense, "pre", [])]
+    return "+".join([*stages, type(getattr(defense, "rule", defense)).__name__])
+
+
+def check_aggregate(defense: Defense, aggregate: Tensor, updates: Tensor, round_index: int) -> None:
+    """Raise a ``TypeError`` naming the rule and the round unless ``aggregate`` is a ``(d,)``
+    tensor of the updates' dtype and device for ``updates (n, d)``."""
+    d = updates.shape[1]
+    wrong = None
+    if not isinstance(aggregate, Tensor):
+        wrong = f"a {type(aggregate).__name__}"
+    elif aggregate.shape != (d,):
+        wrong = f"shape {tuple(aggregate.shape)}"
+    elif aggregate.dtype != updates.dtype or aggregate.device != updates.device:
+        wrong = f"a {aggregate.dtype} tensor on {aggregate.device}"
+    if wrong is not None:
+        raise TypeError(
+            f"defense {rule_name(defense)} returned {wrong} in round {round_index + 1}: a rule "
+            f"maps the (n, d) = {tuple(updates.shape)} update matrix to one ({d},) aggregate "
+            f"of dtype {updates.dtype} on {updates.device}."
+        )
+
+
 def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResult:
     """One round; updates ``sim``'s global model and state in place."""
     clients = sim.federation.participants(sim.streams["sampling"])
@@ -228,8 +256,11 @@ def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResul
         if len(byz_rows) and overrides(sim.attack, Attack, "poison_gradients"):
             poison(sim, updates, byz_rows, ctx)
     with watch("aggregate_s"):
-        aggregate = sim.defense(sim.privacy.clip_received(updates))
+        received = sim.privacy.clip_received(updates)
+        aggregate = sim.defense(received)
+        check_aggregate(sim.defense, aggregate, updates, round_index)
         finite = bool(torch.isfinite(aggregate).all())
+        updates_finite = finite or bool(torch.isfinite(received).all())
         sim.server.step(
             sim.privacy.noise_aggregate(aggregate, len(clients), sim.streams["privacy"])
         )
@@ -240,6 +271,8 @@ def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResul
     )
     return RoundResult(
         finite=finite and bool(torch.isfinite(sim.global_params).all()),
+        aggregate_finite=finite,
+        updates_finite=updates_finite,
         robustness_error=float(error),
         byzantine_selected=None
         if selected is None

@@ -18,12 +18,13 @@ from robustfl.build import build
 from robustfl.checkpoint import load_checkpoint, save_checkpoint
 from robustfl.config import (
     channel_label,
+    defense_identity,
     defense_label,
     fill_option_names,
     option_label,
     to_container,
 )
-from robustfl.engine import RoundResult, Simulation, Stopwatch, run_round
+from robustfl.engine import RoundResult, Simulation, Stopwatch, rule_name, run_round
 from robustfl.partition import partition_hash
 from robustfl.results import SUMMARY_FILE, MetricsWriter, config_hash, write_json_atomic
 
@@ -64,6 +65,7 @@ class RunState:
     byzantine_selected: int = 0
     byzantine_seen: int = 0
     status: str = "running"
+    reason: str | None = None  # why a run diverged: the rule's output, or training
 
     def add(self, result: RoundResult) -> None:
         error = result.robustness_error
@@ -78,6 +80,7 @@ def run_info(cfg: DictConfig) -> dict[str, Any]:
     return {
         "attack": option_label(cfg, "attack"),
         "defense": defense_label(cfg),
+        "defense_id": defense_identity(cfg),
         "dataset": option_label(cfg, "dataset"),
         "partition": option_label(cfg, "partition"),
         "model": option_label(cfg, "model"),
@@ -87,6 +90,20 @@ def run_info(cfg: DictConfig) -> dict[str, Any]:
         "privacy": channel_label(cfg, "privacy"),
         "compression": channel_label(cfg, "compression"),
     }
+
+
+def divergence_reason(result: RoundResult, rule: str, round_number: int) -> str:
+    """Why a round left the model non-finite: the rule turned finite updates into a
+    non-finite aggregate (the rule failed), non-finite updates went through it (an attack
+    that sends them won, or local training blew up), or the server's step overflowed."""
+    if result.aggregate_finite:
+        return f"training diverged: the global model became non-finite in round {round_number}"
+    if result.updates_finite:
+        return (
+            f"the rule ({rule}) returned non-finite values from finite updates in round "
+            f"{round_number}"
+        )
+    return f"non-finite updates went through the rule ({rule}) in round {round_number}"
 
 
 def failed_summary(cfg: DictConfig, reason: str, started: float) -> dict[str, Any]:
@@ -193,7 +210,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
                     "round": r + 1,
                     "accuracy": metrics.get("accuracy", math.nan),
                     "loss": metrics.get("loss", math.nan),
-                    **({"asr": metrics["asr"]} if "asr" in metrics else {}),
+                    **{k: metrics[k] for k in ("asr", "trigger_rate") if k in metrics},
                     "robustness_error": result.robustness_error,
                     "byzantine_selected": result.byzantine_selected,
                     "num_byzantine": result.num_byzantine,
@@ -207,7 +224,8 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
                 progress.set_postfix(acc=f"{record['accuracy']:.3f}")
                 if not math.isfinite(record["loss"]):
                     state.status = "diverged"
-                    log.warning("round %d: the global model became non-finite; stopping", r + 1)
+                    state.reason = divergence_reason(result, rule_name(sim.defense), r + 1)
+                    log.warning("%s; stopping", state.reason)
             progress.update(1)
             if state.status == "diverged":
                 break
@@ -241,17 +259,18 @@ def _channel_metrics(sim: Simulation, rounds: int) -> dict[str, float]:
 
 def _summary(cfg: DictConfig, sim: Simulation, digest: str, state: RunState) -> dict[str, Any]:
     finite = [h for h in state.history if math.isfinite(h["accuracy"])]
-    final = {
-        k: finite[-1][k] for k in ("round", "accuracy", "loss", "asr") if finite and k in finite[-1]
-    }
-    if finite:  # the bucketing paper reports the mean of the last 5 evaluations
-        final["accuracy_last5_mean"] = sum(h["accuracy"] for h in finite[-5:]) / len(finite[-5:])
+    keys = ("round", "accuracy", "loss", "asr", "trigger_rate")
+    final = {k: finite[-1][k] for k in keys if finite and k in finite[-1]}
     best = {"accuracy": max((h["accuracy"] for h in finite), default=math.nan)}
-    if sim.evaluation.backdoor is not None:
-        best["asr"] = max((h["asr"] for h in finite), default=math.nan)
+    for key in ("accuracy", "asr", "trigger_rate"):  # the bucketing paper: the last 5 evaluations
+        if finite and key in finite[-1]:
+            final[f"{key}_last5_mean"] = sum(h[key] for h in finite[-5:]) / len(finite[-5:])
+    if sim.evaluation.backdoor is not None and sim.attack.targeted:
+        best["asr"] = max((h["asr"] for h in finite), default=math.nan)  # the attacker's best
     return {
         **run_info(cfg),
         "status": state.status,
+        **({"reason": state.reason} if state.reason else {}),
         "rounds_completed": state.next_round,
         "final": final,
         "best": best,

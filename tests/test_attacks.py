@@ -224,8 +224,27 @@ def test_backdoor_poisons_a_fraction_and_builds_the_triggered_test_set():
     assert flat.tolist() == [[0, 0, 0, 7, 7]] * 2
     boosted = Backdoor(boost=4.0)
     torch.testing.assert_close(
-        boosted.poison_gradients(None, torch.ones(2, 3), None), 4 * torch.ones(2, 3)
+        boosted.poison_gradients(None, torch.ones(2, 3), context(10, 2)), 4 * torch.ones(2, 3)
     )
+
+
+def test_backdoor_replacement_factor_for_f_attackers_and_constrain_and_scale():
+    """boost=auto: n / (f eta) (Bagdasaryan et al.'s n / eta shared by f attackers): with
+    n = 20, f = 4, eta = 1 each row is scaled by 5, so that the mean of the 20 rows gains
+    exactly the attackers' own update; norm_bound caps the scaled norm (a row already above
+    the bound is scaled down to it, one below is scaled up to it, at most by the factor)."""
+    rows = torch.tensor([[3.0, 4.0], [0.3, 0.4], [0.03, 0.04], [0.0, 0.0]])
+    auto = Backdoor(boost="auto", server_lr=1.0)
+    assert auto.factor(20, 4) == 5.0 and Backdoor(boost="auto", server_lr=0.5).factor(20, 4) == 10
+    torch.testing.assert_close(auto.poison_gradients(None, rows, context(20, 4)), 5 * rows)
+    honest_sum = torch.tensor([1.0, -2.0]) * 16
+    mean = (honest_sum + auto.poison_gradients(None, rows, context(20, 4)).sum(0)) / 20
+    torch.testing.assert_close(mean, honest_sum / 20 + rows.sum(0) / 4)  # replacement
+    capped = Backdoor(boost="auto", norm_bound=1.0).poison_gradients(None, rows, context(20, 4))
+    norms = torch.linalg.vector_norm(capped, dim=1)
+    torch.testing.assert_close(norms, torch.tensor([1.0, 1.0, 0.25, 0.0]))  # 5 * 0.05 = 0.25
+    with pytest.raises(ConfigError, match="attack.boost"):
+        Backdoor(boost="max")
 
 
 def test_nonfinite_rows():

@@ -7,8 +7,10 @@ from conftest import FAST
 
 from robustfl.api import compose_config, run_experiment
 from robustfl.build import build
-from robustfl.engine import Stopwatch, run_round
+from robustfl.contracts import Defense
+from robustfl.engine import RoundResult, Stopwatch, run_round
 from robustfl.results import read_metrics
+from robustfl.run import divergence_reason
 from robustfl.server import ServerOptimizer
 
 
@@ -221,3 +223,43 @@ def test_resnet20_trains_on_cifar_shaped_data(run_dir):
     )
     assert summary["status"] == "completed" and summary["num_parameters"] == 17_326
     assert summary["final"]["accuracy"] > 0.3  # ten classes: chance is 0.1
+
+
+class WrongShape(Defense):
+    """A rule with a bug: it returns one row with its batch dimension, (1, d)."""
+
+    def __call__(self, updates):
+        return updates[:1]
+
+
+class ReturnsNaN(Defense):
+    def __call__(self, updates):
+        return torch.full_like(updates[0], math.nan)
+
+
+def test_a_rules_output_of_the_wrong_shape_fails_naming_the_rule_and_round(tmp_path):
+    overrides = [
+        *FAST,
+        "defense=median",
+        "defense._target_=test_engine.WrongShape",
+        "~defense.name",
+    ]
+    with pytest.raises(TypeError, match=r"WrongShape returned shape \(1, \d+\) in round 1"):
+        run_experiment(overrides, tmp_path / "wrong")
+
+
+def test_a_rule_returning_nan_is_told_apart_from_training_that_diverged(tmp_path):
+    summary = run_experiment(
+        [*FAST, "defense=median", "defense._target_=test_engine.ReturnsNaN", "~defense.name"],
+        tmp_path / "nan",
+    )
+    assert summary["status"] == "diverged"
+    assert summary["reason"] == (
+        "the rule (ReturnsNaN) returned non-finite values from finite updates in round 1"
+    )
+    summary = run_experiment([*FAST, "attack=nonfinite", "defense=mean"], tmp_path / "attack")
+    assert summary["reason"] == "non-finite updates went through the rule (Mean) in round 1"
+    step = RoundResult(False, True, True, 0.0, None, 0)  # a finite aggregate, a non-finite model
+    assert divergence_reason(step, "Mean", 3) == (
+        "training diverged: the global model became non-finite in round 3"
+    )

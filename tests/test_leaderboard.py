@@ -13,7 +13,8 @@ T_975_2 = 4.302652729911275  # Student t, 97.5% quantile, 2 degrees of freedom (
 
 
 def runs(rows):
-    frame = pd.DataFrame(rows, columns=["defense", "attack", "seed", "final_accuracy", "status"])
+    columns = ["defense", "attack", "seed", "final_accuracy", "status", "asr"]
+    frame = pd.DataFrame([(*row, None)[:6] for row in rows], columns=columns)
     for column, value in (("dataset", "d"), ("partition", "iid"), ("n", 10), ("f", 2)):
         frame[column] = value
     frame["partition_param"] = None
@@ -65,6 +66,7 @@ def test_unpaired_noise_leaves_the_ranking_unsure():
     rows = grid()
     # C's worst case is as good as A's on average but swings from seed to seed
     rows += [("C", "x", s, v, "completed") for s, v in enumerate([0.45, 0.85, 0.70])]
+    rows += [("C", "y", s, 0.95, "completed") for s in range(3)]
     board = leaderboard(runs(rows)).set_index("defense")
     assert board.loc["C", "worst"] == pytest.approx(2.0 / 3.0)
     assert board.loc["C", "rank"] == 1
@@ -123,3 +125,50 @@ def test_privacy_settings_are_ranked_apart_and_traded_off_against_epsilon():
     assert table.loc[("A", "local_dp(noise_multiplier=1.0)"), "worst"] == pytest.approx(0.15)
     assert table.loc[("B", "local_dp(noise_multiplier=1.0)"), "epsilon"] == 40.0
     assert tradeoff(plain, leaderboard(plain), "privacy", "epsilon").empty  # nothing varies
+
+
+def test_a_defense_that_missed_attacks_is_flagged_and_never_the_leader():
+    """C faced only x, where it beats everyone: its 'worst case' is over fewer attacks, so it
+    ranks after A and B, names the attack it missed, and A stays the leader."""
+    rows = grid() + [("C", "x", s, 0.99, "completed") for s in range(3)]
+    board = leaderboard(runs(rows)).set_index("defense")
+    assert board.loc["C", "worst"] == pytest.approx(0.99)
+    assert board.loc["C", "missing_attacks"] == "y" and board.loc["C", "rank"] == 3
+    assert board.loc["A", "missing_attacks"] == "" and bool(board.loc["A", "leader"])
+    assert not bool(board.loc["C", "leader"])
+
+
+def test_a_targeted_attacks_success_counts_in_the_score():
+    """Under the backdoor, A keeps 0.9 accuracy but the backdoor succeeds 80% of the time;
+    B loses some accuracy (0.7) and stops it (ASR 0.05). Robust scores: A min(0.9, 0.2) = 0.2,
+    B min(0.7, 0.95) = 0.7, so B leads; by accuracy alone A leads; by ASR alone B leads."""
+    rows = []
+    for s in range(3):
+        rows += [("A", "none", s, 0.95, "completed"), ("B", "none", s, 0.9, "completed")]
+        rows += [("A", "backdoor", s, 0.9, "completed", 0.8)]
+        rows += [("B", "backdoor", s, 0.7, "completed", 0.05)]
+    frame = runs(rows)
+    robust = leaderboard(frame).set_index("defense")
+    assert robust.loc["A", "worst"] == pytest.approx(0.2)
+    assert robust.loc["B", "worst"] == pytest.approx(0.7) and robust.loc["B", "rank"] == 1
+    assert robust.loc["A", "worst_asr"] == pytest.approx(0.8)
+    assert robust.loc["A", "worst_asr_attack"] == "backdoor"
+    accuracy = leaderboard(frame, rank_by="accuracy").set_index("defense")
+    assert accuracy.loc["A", "rank"] == 1 and accuracy.loc["A", "worst"] == pytest.approx(0.9)
+    asr_view = leaderboard(frame, rank_by="asr").set_index("defense")
+    assert asr_view.loc["B", "rank"] == 1 and asr_view.loc["B", "worst"] == pytest.approx(0.95)
+    with pytest.raises(ValueError, match="rank_by"):
+        leaderboard(frame, rank_by="best")
+
+
+def test_intervals_stay_inside_the_metrics_range_and_few_seeds_are_flagged():
+    """Two seeds at 0.0 and 1.0: mean 0.5, half-width 12.7 * 0.707 / 1.414 = 6.35, so the
+    plain interval would be [-5.85, 6.85]; it is clipped to [0, 1] and marked few_seeds."""
+    assert t_interval([0.0, 1.0], bounds=(0.0, 1.0)) == (0.5, 0.0, 1.0)
+    rows = [("A", "none", s, 0.9, "completed") for s in range(2)]
+    rows += [("A", "x", s, v, "completed") for s, v in enumerate([0.0, 1.0])]
+    board = leaderboard(runs(rows)).set_index("defense")
+    assert (board.loc["A", "worst_low"], board.loc["A", "worst_high"]) == (0.0, 1.0)
+    assert bool(board.loc["A", "few_seeds"])
+    table = cells(runs(rows)).set_index("attack")
+    assert table.loc["x", "low"] == 0.0 and table.loc["x", "high"] == 1.0

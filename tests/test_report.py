@@ -13,7 +13,9 @@ from conftest import FAST
 from omegaconf import OmegaConf
 
 from robustfl.api import compose_config, run_experiment
-from robustfl.report import main, worst_case_grid
+from robustfl.leaderboard import worst_case_grid
+from robustfl.report import main
+from robustfl.runs import collect
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +234,62 @@ def test_privacy_and_compression_appear_beside_accuracy(tmp_path):
     page = (tmp_path / "out" / "report.html").read_text()
     assert "privacy_tradeoff" in page and "Worst case over attacks against epsilon" in page
     assert not (tmp_path / "out" / "compression_tradeoff.csv").exists()  # one compressor
+
+
+def test_bad_folders_are_listed_left_out_and_the_rest_is_written(runs, tmp_path, capsys):
+    """A summary.json cut short and a completed summary without a finite final accuracy:
+    both listed with their reason, neither counted, every file still written."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sweep", root)
+    cut = root / "0_none-vs-mean-s0" / "summary.json"
+    cut.write_text(cut.read_text()[:40])
+    nan = root / "1_none-vs-mean-s1" / "summary.json"
+    summary = json.loads(nan.read_text())
+    summary["final"]["accuracy"] = float("nan")
+    nan.write_text(json.dumps(summary))  # the literal NaN
+    main([str(root), "-o", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    assert "2 folders left out" in out
+    problems = pd.read_csv(tmp_path / "out" / "problems.csv").set_index("run_dir")
+    assert "not valid JSON" in problems.loc[str(cut.parent), "problem"]
+    assert "final accuracy is nan" in problems.loc[str(nan.parent), "problem"]
+    frame = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert str(cut.parent) not in set(frame["run_dir"]) and len(frame) == 6
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    assert cells[(cells["defense"] == "mean") & (cells["attack"] == "none")].empty
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Folders left out (2)" in page
+
+
+def test_a_label_shared_by_two_rules_is_split_with_a_warning(runs, tmp_path):
+    """A trimmed mean whose YAML kept name: median must not be pooled with the median."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sweep", root)
+    run_experiment(
+        [*FAST, "attack=sign_flip", "defense=trimmed_mean", "defense.name=median", "seed=0"],
+        root / "impostor",
+    )
+    collected = collect([root])
+    labels = set(collected.frame["defense"])
+    split = sorted(label for label in labels if label.startswith("median ["))
+    assert len(split) == 2 and "median" not in labels
+    assert len(collected.warnings) == 1 and all(s in collected.warnings[0] for s in split)
+    impostor = collected.frame[collected.frame["run_dir"] == str(root / "impostor")]
+    assert impostor["defense"].iloc[0] in split
+
+
+def test_the_printed_ranking_counts_the_backdoor_and_coverage(runs, tmp_path, capsys):
+    main([str(runs / "sweep"), "-o", str(tmp_path)])
+    ranking = capsys.readouterr().out
+    board = pd.read_csv(tmp_path / "leaderboard.csv").set_index("defense")
+    # median faced sign flipping and the backdoor; mean only sign flipping
+    assert board.loc["mean", "missing_attacks"] == "backdoor"
+    assert "MISSING backdoor" in ranking and "worst ASR" in ranking
+    assert board.loc["median", "rank"] == 1 and bool(board.loc["median", "leader"])
+    median = pd.read_csv(tmp_path / "results.csv").query("defense == 'median'")
+    backdoor = median[median["attack"] == "backdoor"].iloc[0]
+    robust = min(backdoor["final_accuracy"], 1 - backdoor["asr"])
+    sign_flip = median[median["attack"] == "sign_flip"]["final_accuracy"].mean()
+    assert board.loc["median", "worst"] == pytest.approx(min(robust, sign_flip))
+    clean = median[median["attack"] == "none"].iloc[0]
+    assert 0 <= clean["trigger_rate"] <= 1  # the clean model's trigger rate, for reference
