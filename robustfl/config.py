@@ -191,10 +191,17 @@ def instantiate_option(node: Any, **kwargs: Any) -> Any:
         cause = error.__cause__
         if isinstance(cause, ConfigError | DataError):
             raise cause from None
+        target = plain.get("_target_", "?")
         if isinstance(cause, TypeError) and "argument" in str(cause):
-            target = plain.get("_target_", "?")
             raise ConfigError(
                 f"{target}: {cause}. Check the option's keys against its docstring."
+            ) from None
+        if str(error).startswith("Error locating target"):
+            reason = f" ({' '.join(str(cause).split())})" if cause is not None else ""
+            raise ConfigError(
+                f"_target_={target} cannot be imported{reason}: check the module path and "
+                "class name, and that its package is installed (pip install ...) or on "
+                "PYTHONPATH."
             ) from None
         raise
 

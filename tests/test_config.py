@@ -62,6 +62,14 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path):
     assert summary["status"] == "failed" and "num_byzantine" in summary["reason"]
 
 
+def test_a_target_that_cannot_be_imported_is_one_friendly_line(tmp_path):
+    result = run_cli(*FAST, "defense=median", "defense._target_=mypkg.rules.Nope", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("robustfl: error: _target_=mypkg.rules.Nope cannot be imported")
+    assert "No module named 'mypkg'" in line and "PYTHONPATH" in line
+
+
 def test_cli_wrong_type_and_unknown_option(tmp_path):
     result = run_cli("fl.rounds=abc", cwd=tmp_path)
     assert result.returncode != 0 and "fl.rounds" in result.stderr
@@ -145,7 +153,7 @@ def test_optuna_preset_searches_the_attack_parameter(tmp_path):
 @pytest.mark.parametrize(
     ("preset", "command_line", "total"),
     [
-        (["experiment=grid"], [], 7 * 6 * 2 * 3),
+        (["experiment=grid"], [], 8 * 6 * 2 * 3),
         (["experiment=grid"], ["attack=none,alie", "seed=0"], 2 * 6 * 2),  # the command wins
         ([], ["attack=none,alie", "defense=mean,median,krum", "fl.rounds=3"], 6),
         (["experiment=strongest_attack"], [], None),

@@ -51,3 +51,51 @@ def test_attack_from_a_users_own_package_through_searchpath(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "silence vs mean (seed 0): accuracy" in result.stdout
+
+
+def test_defense_from_an_installed_package_through_a_hydra_plugin(tmp_path):
+    """The package of adding-a-defense.md, installed into a folder of its own (not the venv),
+    found through its hydra_plugins module: one run and a preset sweep with its own list."""
+    commands = []
+    for path, body in blocks("adding-a-defense.md"):
+        if path is None:
+            commands = [line for line in body.strip().splitlines() if line]
+        elif not (REPO / path).exists():
+            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / path).write_text(body)
+    for package in ("robustfl_mine", "robustfl_mine/conf", "hydra_plugins/robustfl_mine"):
+        (tmp_path / "mine" / package / "__init__.py").touch()
+    assert commands[0] == "pip install ./mine" and len(commands) == 3
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q"]
+    install = subprocess.run(
+        [*pip, "--target", str(site), str(tmp_path / "mine")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stderr
+    assert not (site / "hydra_plugins" / "__init__.py").exists()  # the shared namespace
+    bin_dir = Path(sys.executable).parent
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "PYTHONPATH": str(site),  # where the package was installed, as site-packages would be
+        "WANDB_MODE": "disabled",
+    }
+    outputs = []
+    for command, where in zip(
+        commands[1:], ("hydra.run.dir=one", "hydra.sweep.dir=sweep"), strict=True
+    ):
+        result = subprocess.run(
+            ["bash", "-c", f"{command} progress=false {where}"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    assert "alie vs midrange (seed 0): accuracy" in outputs[0]
+    assert "2 jobs: 2 completed" in outputs[1]
