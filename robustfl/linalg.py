@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -67,13 +68,10 @@ def power_of_two_scale(norms: Tensor, usable: Tensor) -> float:
     lie between ``2^-40`` and ``2^40``, where squares are safe in float32, or the median is
     zero). Dividing by it is exact and brings the bulk of the rows to unit scale, whatever a
     minority sends."""
-    if not bool(usable.any()):
+    values = norms.cpu().numpy()[usable.cpu().numpy()]  # a few numbers: numpy's calls are cheap
+    if len(values) == 0 or (2.0**-40 < values.min() and values.max() < 2.0**40):
         return 1.0
-    values = norms if bool(usable.all()) else norms[usable]
-    smallest, largest = torch.aminmax(values)
-    if 2.0**-40 < float(smallest) and float(largest) < 2.0**40:
-        return 1.0
-    middle = float(values.sort().values[(len(values) - 1) // 2])
+    middle = float(np.sort(values)[(len(values) - 1) // 2])
     if middle == 0.0 or 2.0**-40 < middle < 2.0**40:
         return 1.0
     return 2.0 ** min(max(math.frexp(middle)[1], -120), 120)  # its inverse fits float32 too
@@ -82,9 +80,9 @@ def power_of_two_scale(norms: Tensor, usable: Tensor) -> float:
 def median_norm_row(norms: Tensor, usable: Tensor) -> int:
     """Index of the row of median norm among the ``usable`` ones (the lower middle for an even
     count; equal norms to the lower index). Needs at least one usable row."""
-    keys = norms if bool(usable.all()) else torch.where(usable, norms, torch.inf)
-    order = torch.argsort(keys, stable=True)
-    return int(order[(int(usable.sum()) - 1) // 2])
+    keep = usable.cpu().numpy()
+    keys = np.where(keep, norms.cpu().numpy(), np.inf)
+    return int(np.argsort(keys, kind="stable")[(int(keep.sum()) - 1) // 2])
 
 
 class Gram(NamedTuple):
@@ -121,14 +119,15 @@ def _gram_about(x: Tensor, center: Tensor, scale: float, finite: Tensor) -> Gram
     return Gram(gram, usable, scale)
 
 
-def _median_distances(dist: Tensor, usable: Tensor) -> Tensor:
-    """``(n,)`` each row's median (lower middle) squared distance to the other usable rows,
-    from squared distances ``(n, n)`` with ``+inf`` to unusable rows and a zero diagonal
-    (which sorts first); ``+inf`` for unusable rows."""
+def _median_distances(dist: Tensor, usable: Tensor) -> list[float]:
+    """Each row's median (lower middle) squared distance to the other usable rows, from
+    squared distances ``(n, n)`` with ``+inf`` to unusable rows and a zero diagonal (which
+    sorts first); ``+inf`` for unusable rows."""
     count = int(usable.sum())
     if count < 2:
-        return torch.where(usable, 0.0, torch.inf).to(dist.dtype)
-    return dist.kthvalue(2 + (count - 2) // 2, dim=1).values
+        return [0.0 if good else math.inf for good in usable.tolist()]
+    k = 1 + (count - 2) // 2  # past the diagonal's zero
+    return np.partition(dist.cpu().numpy(), k, axis=1)[:, k].tolist()
 
 
 def centered_gram(updates: Tensor, norms: Tensor | None = None) -> Gram:
@@ -165,7 +164,7 @@ def _centered(updates: Tensor, norms: Tensor | None) -> tuple[Gram, Tensor]:
     gram = _gram_about(x, x[center], scale, finite)
     dist = gram.sq_distances()
     for _ in range(2):  # one recentring suffices unless the first centre was absurdly far
-        spread = _median_distances(dist, gram.usable).tolist()
+        spread = _median_distances(dist, gram.usable)
         nearest = min(range(n), key=spread.__getitem__)
         if not spread[center] > CENTER_SLACK * spread[nearest]:
             break

@@ -247,6 +247,13 @@ def test_bad_folders_are_listed_left_out_and_the_rest_is_written(runs, tmp_path,
     summary = json.loads(nan.read_text())
     summary["final"]["accuracy"] = float("nan")
     nan.write_text(json.dumps(summary))  # the literal NaN
+    partial = root / "2_sign_flip-vs-mean-s0"
+    with open(partial / "metrics.jsonl", "a") as handle:
+        handle.write('{"round": 9, "accur')  # a last line cut short: tolerated
+    hostile = root / "3_sign_flip-vs-mean-s1" / "summary.json"
+    summary = json.loads(hostile.read_text())
+    summary["defense"] = "<img src=x onerror=alert(1)>"
+    hostile.write_text(json.dumps(summary))
     main([str(root), "-o", str(tmp_path / "out")])
     out = capsys.readouterr().out
     assert "2 folders left out" in out
@@ -259,6 +266,8 @@ def test_bad_folders_are_listed_left_out_and_the_rest_is_written(runs, tmp_path,
     assert cells[(cells["defense"] == "mean") & (cells["attack"] == "none")].empty
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Folders left out (2)" in page
+    assert str(partial) in set(frame["run_dir"])
+    assert "<img src=x" not in page  # labels are data, escaped wherever the page shows them
 
 
 def test_a_label_shared_by_two_rules_is_split_with_a_warning(runs, tmp_path):
