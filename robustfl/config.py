@@ -81,7 +81,8 @@ class BaseConfig:
     device: Device = Device.auto
     threads: int = 0
     resume: bool = False
-    checkpoint_every: int = 1
+    checkpoint_every: int = 0
+    checkpoint_seconds: float = 60.0
     progress: bool = True
 
 
@@ -153,6 +154,16 @@ def validate(cfg: DictConfig) -> None:
     )
     _require(
         cfg.threads >= 0, f"threads={cfg.threads} is invalid: use 0 (torch's default) or >= 1."
+    )
+    _require(
+        cfg.checkpoint_every >= 0,
+        f"checkpoint_every={cfg.checkpoint_every} is invalid: use 0 (by time, "
+        "checkpoint_seconds) or a number of rounds >= 1.",
+    )
+    _require(
+        cfg.checkpoint_seconds >= 0,
+        f"checkpoint_seconds={cfg.checkpoint_seconds} is invalid: use 0 (no checkpoints with "
+        "checkpoint_every=0) or a number of seconds > 0.",
     )
     for group in OPTION_GROUPS:
         node = cfg.get(group)

@@ -75,7 +75,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 def config_hash(config: dict[str, Any]) -> str:
     """A short digest of a resolved config (without keys that do not change the numbers)."""
-    ignored = ("resume", "progress", "tracker", "checkpoint_every", "threads")
+    ignored = ("resume", "progress", "tracker", "checkpoint_every", "checkpoint_seconds", "threads")
     relevant = {k: v for k, v in config.items() if k not in ignored}
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]

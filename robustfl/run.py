@@ -75,6 +75,29 @@ class RunState:
             self.byzantine_seen += result.num_byzantine
 
 
+@dataclass
+class CheckpointPolicy:
+    """When a run writes ``checkpoint.pt``: every ``every`` rounds, or, with ``every = 0``, at
+    most once per ``seconds`` of wall time (a large model's state costs a write per round);
+    always at the end unless both are 0."""
+
+    every: int
+    seconds: float
+    last: float = field(default_factory=time.perf_counter)
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.every or self.seconds)
+
+    def due(self, rounds_done: int) -> bool:
+        if self.every:
+            return rounds_done % self.every == 0
+        return bool(self.seconds) and time.perf_counter() - self.last >= self.seconds
+
+    def saved(self) -> None:
+        self.last = time.perf_counter()
+
+
 def run_info(cfg: DictConfig) -> dict[str, Any]:
     """The labels a run's results are grouped by."""
     return {
@@ -197,6 +220,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
     offset = started - state.timers.get("total_s", 0.0)
     watch = Stopwatch(state.timers)
     rounds, every = cfg.fl.rounds, cfg.fl.eval_every
+    policy = CheckpointPolicy(cfg.checkpoint_every, cfg.checkpoint_seconds)
     progress = _progress(cfg, state.next_round)
     try:
         for r in range(state.next_round, rounds):
@@ -229,9 +253,10 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
             progress.update(1)
             if state.status == "diverged":
                 break
-            if cfg.checkpoint_every and (r + 1) % cfg.checkpoint_every == 0 and r + 1 < rounds:
+            if r + 1 < rounds and policy.due(r + 1):
                 state.timers["total_s"] = time.perf_counter() - offset
                 save_checkpoint(run_dir, checkpoint_state(sim, state, digest))
+                policy.saved()
     finally:
         writer.close()
         progress.close()
@@ -239,7 +264,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
     if state.status == "running":
         state.status = "completed"
     state.timers["total_s"] = time.perf_counter() - offset
-    if cfg.checkpoint_every:
+    if policy.enabled:
         save_checkpoint(run_dir, checkpoint_state(sim, state, digest))
     summary = _summary(cfg, sim, digest, state)
     write_json_atomic(run_dir / SUMMARY_FILE, summary)

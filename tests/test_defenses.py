@@ -665,3 +665,45 @@ def test_rules_that_declare_rotation_equivariance_have_it(seed):
     assert {"mean", "krum", "multi_krum", "geomed", "rfa", "norm_bound"} <= declared
     for name in ("median", "trimmed_mean", "bulyan", "meamed", "dnc", "centered_clipping"):
         assert name not in declared
+
+
+def authors_krum_pick(rows: list[list[float]], f: int) -> int:
+    """Karimireddy et al.'s Krum as their code computes it: ``distances[i][j]`` holds the
+    squared norm of the difference, and a score sums the squares of the ``n - f - 2`` smallest
+    of those (fourth powers of the distances); the lowest score wins, ties in index order."""
+    n = len(rows)
+    vectors = [np.asarray(r, dtype=float) for r in rows]
+    distances = {
+        i: {j: float(np.linalg.norm(vectors[i] - vectors[j])) ** 2 for j in range(i + 1, n)}
+        for i in range(n - 1)
+    }
+
+    def score(i: int) -> float:
+        s = [distances[j][i] ** 2 for j in range(i)] + [
+            distances[i][j] ** 2 for j in range(i + 1, n)
+        ]
+        return sum(sorted(s)[: n - f - 2])
+
+    return sorted(range(n), key=score)[0]
+
+
+def test_krum_distance_power_4_is_the_authors_scoring_and_picks_differently():
+    """1-D rows 10, 6, 2, 7, 13, 18 with f = 1 (3 neighbours): row 1 (6) is 1, 4, 4 from its
+    nearest, row 0 (10) 3, 3, 4. Squared: 1 + 16 + 16 = 33 < 9 + 9 + 16 = 34, row 1 wins;
+    fourth powers: 81 + 81 + 256 = 418 < 1 + 256 + 256 = 513, row 0 wins."""
+    rows = t([[10], [6], [2], [7], [13], [18]])
+    listed = rows.double().tolist()
+    paper, authors = krum(rows, 1)[1], krum(rows, 1, distance_power=4)[1]
+    assert (paper, authors) == (1, 0)
+    assert paper == ref.krum_index(listed, 1) and authors == authors_krum_pick(listed, 1)
+    rule = build_defense({"_target_": "defenses.multi_krum.MultiKrum", "f": 1, "m": 1})
+    rule4 = build_defense(
+        {"_target_": "defenses.multi_krum.MultiKrum", "f": 1, "m": 1, "distance_power": 4}
+    )
+    assert torch.equal(rule(rows), rows[paper]) and torch.equal(rule4(rows), rows[authors])
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        rows = torch.from_numpy(rng.standard_normal((9, 3)).astype(np.float32))
+        assert krum(rows, 2, distance_power=4)[1] == authors_krum_pick(rows.double().tolist(), 2)
+    with pytest.raises(ConfigError, match="distance_power"):
+        Krum(f=1, distance_power=3)

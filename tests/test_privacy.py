@@ -165,6 +165,7 @@ def test_resume_with_privacy_and_compression_state_gives_identical_metrics(tmp_p
         "compression=top_k",
         "compression.ratio=0.05",
         "threads=1",
+        "checkpoint_every=1",  # the stop lands after a checkpoint: resumption is exercised
     ]
     run_experiment(overrides, tmp_path / "reference")
     with pytest.raises(Stop):

@@ -52,6 +52,8 @@ def test_checkpoint_is_safe_to_load_and_complete(tmp_path):
 
 
 def test_resume_after_sigkill_gives_identical_metrics(tmp_path):
+    """Under the default policy (a checkpoint by time, here every 0.05 s so that the kill
+    lands after several), a run killed mid-way resumes to an uninterrupted run's metrics."""
     rounds = 300
     reference = tmp_path / "reference"
     run_experiment([*OVERRIDES, f"fl.rounds={rounds}"], reference)
@@ -63,6 +65,7 @@ def test_resume_after_sigkill_gives_identical_metrics(tmp_path):
         "robustfl",
         *OVERRIDES,
         f"fl.rounds={rounds}",
+        "checkpoint_seconds=0.05",
         f"hydra.run.dir={killed}",
     ]
     env = {**os.environ, "WANDB_MODE": "disabled"}
@@ -75,6 +78,7 @@ def test_resume_after_sigkill_gives_identical_metrics(tmp_path):
     assert not (killed / "summary.json").exists(), "the run finished before it was killed"
     done_before = len(read_metrics(killed))
     assert 0 < done_before < rounds
+    assert 0 < load_checkpoint(killed)["run"]["next_round"] < rounds  # resumes mid-way
 
     result = subprocess.run(
         [*args, "resume=true"], env=env, capture_output=True, text=True, timeout=300
@@ -83,6 +87,18 @@ def test_resume_after_sigkill_gives_identical_metrics(tmp_path):
     assert numbers(killed) == numbers(reference)
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["rounds_completed"] == rounds
+
+
+def test_checkpoints_follow_the_policy(tmp_path):
+    """By time with a period longer than the run: only the final checkpoint; by rounds: the
+    configured rounds (overwritten, so the last holds the end); neither: no file."""
+    run_experiment([*OVERRIDES, "fl.rounds=3", "checkpoint_seconds=3600"], tmp_path / "time")
+    assert load_checkpoint(tmp_path / "time")["run"]["next_round"] == 3
+    run_experiment(
+        [*OVERRIDES, "fl.rounds=3", "checkpoint_every=0", "checkpoint_seconds=0"],
+        tmp_path / "none",
+    )
+    assert load_checkpoint(tmp_path / "none") is None
 
 
 def test_relaunched_sweep_skips_finished_runs_and_resumes_the_rest(tmp_path):
@@ -120,6 +136,7 @@ def test_dropout_runs_are_seeded_and_resume_identically(tmp_path):
     """Karimireddy et al.'s CNN (on the 8 x 8 digits) with dropout: the masks come from the
     run's "dropout" stream, checkpointed with the others."""
     overrides = [*FAST, "model=karimireddy_cnn", "fl.rounds=6", "fl.eval_every=1", "threads=1"]
+    overrides += ["checkpoint_every=1"]  # a checkpoint by round 3, when the tracker stops it
     run_experiment(overrides, tmp_path / "reference")
     with pytest.raises(Stop):
         run_experiment(overrides, tmp_path / "killed", tracker=StopAfter(3))
