@@ -16,7 +16,7 @@ from robustfl.errors import ConfigError
 def majority_vote(updates: Tensor, step: float = 1.0) -> Tensor:
     """``step * sign(sum_i sign(u_i))`` per coordinate of ``updates (n, d)``: each row votes
     the sign of each coordinate, a tie gives 0, and a non-finite entry abstains."""
-    votes = torch.nan_to_num(torch.sign(updates), nan=0.0).sum(dim=0)
+    votes = torch.where(torch.isfinite(updates), torch.sign(updates), 0.0).sum(dim=0)
     return torch.sign(votes) * step
 
 

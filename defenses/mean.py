@@ -26,6 +26,7 @@ class Mean(Defense):
     def __init__(self, weighted: bool = False) -> None:
         super().__init__()
         self.weighted = self.uses_client_identity = weighted
+        self.plain_mean = not weighted
         self._weights: Tensor | None = None
 
     def prepare(self, ctx: RoundContext) -> None:

@@ -20,6 +20,7 @@ class Pipeline(Defense):
         self.rule = rule
         self.root_size = rule.root_size
         self.uses_client_identity = rule.uses_client_identity
+        self.plain_mean = rule.plain_mean and not self.pre
         self.rotation_equivariant = rule.rotation_equivariant and all(
             stage.rotation_equivariant for stage in self.pre
         )

@@ -97,7 +97,10 @@ def build_federation(cfg: DictConfig) -> Federation:
     fl = cfg.fl
     ids = torch.randperm(fl.num_clients, generator=torch_generator(cfg.seed, "byzantine"))
     per_round = fl.num_clients if fl.clients_per_round is None else int(fl.clients_per_round)
-    return Federation(fl.num_clients, per_round, ids[: fl.num_byzantine].sort().values)
+    sampling = fl.sampling
+    if sampling == "auto":  # DP-FedAvg's account assumes Poisson sampling
+        sampling = "poisson" if cfg.privacy.get("placement") == "central" else "fixed"
+    return Federation(fl.num_clients, per_round, ids[: fl.num_byzantine].sort().values, sampling)
 
 
 def build_client_data(
@@ -196,7 +199,7 @@ def build(cfg: DictConfig) -> Simulation:
         "asr" if attack.targeted else "trigger_rate",
     )
     global_params = layout.flatten(model)
-    privacy.bind(fl.num_clients, per_round)
+    privacy.bind(fl.num_clients, per_round, federation.sampling)
     compression.bind(fl.num_clients, layout.d, device)
     return Simulation(
         federation=federation,

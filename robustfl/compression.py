@@ -20,8 +20,15 @@ did not send, across rounds, and sends ``C(u + e)``, then keeps ``e <- u + e - C
 It needs a contractive compressor (top-k, rand-k without rescaling, the scaled sign).
 
 **Byzantine clients** send messages valid for the protocol: the engine passes every crafted
-row through :meth:`Compression.project`, the protocol's message closest to it (top-k for
-sparse messages, the nearest level for QSGD, the sign for sign messages).
+row through :meth:`Compression.valid`, a valid message of the protocol derived from it
+deterministically (top-k for sparse messages, the nearest level of each coordinate for QSGD,
+the sign for sign messages; not always the closest valid message: QSGD's rounding per
+coordinate is not the nearest point of its lattice of levels).
+
+**Rows that cannot be encoded** (a non-finite entry, or a QSGD bucket whose norm exceeds the
+float range) are discarded by every compressor alike: the server receives a row of NaN, which
+every rule treats as an outlier (and a majority vote as an abstention), whether an honest
+client's training diverged or an attacker sent it.
 
 **Bits** are those of a fixed-length encoding: 32 bits per float, ``ceil(log2 d)`` per
 coordinate index, ``1 + ceil(log2(s + 1))`` per QSGD coordinate (sign and level), 1 per sign.
@@ -146,11 +153,25 @@ def qsgd(
 def sign(x: Tensor, scaled: bool = False) -> Tensor:
     """``sign(x)`` per coordinate with ``sign(0) = +1`` (one bit), or with ``scaled`` the row's
     mean magnitude times it: ``||x_j||_1 / d * sign(x_j)`` per row ``x_j`` of ``x (n, d)``.
-    NaN stays NaN (:meth:`Sign.project` sends +1 for it)."""
+    NaN stays NaN (:func:`discard_unencodable` then discards the row)."""
     signs = torch.sign(x).add_(x == 0)
     if scaled:
-        signs = signs * x.abs().mean(dim=1, keepdim=True)
+        scale = x.abs().mean(dim=1, keepdim=True)
+        overflow = ~torch.isfinite(scale[:, 0]) & torch.isfinite(x).all(dim=1)
+        if bool(overflow.any()):  # a finite row whose sum leaves the float range
+            scale[overflow] = x[overflow].double().abs().mean(dim=1, keepdim=True).to(x.dtype)
+        signs = signs * scale
     return signs
+
+
+def discard_unencodable(x: Tensor, messages: Tensor) -> Tensor:
+    """``messages (n, d)`` of the rows of ``x (n, d)``, with every row that could not be
+    encoded (a non-finite entry in ``x``, or a non-finite message, as QSGD's for a bucket
+    whose norm overflows) replaced by NaN, in place."""
+    bad = ~(torch.isfinite(x).all(dim=1) & torch.isfinite(messages).all(dim=1))
+    if bool(bad.any()):
+        messages[bad] = torch.nan
+    return messages
 
 
 class Compression:
@@ -200,22 +221,30 @@ class Compression:
         Byzantine client can send); deterministic compressors send ``compress(x)``."""
         return self.compress(x, None)  # type: ignore[arg-type]
 
+    def valid(self, x: Tensor) -> Tensor:
+        """The messages a Byzantine client sends for arbitrary rows ``x (n, d)``: their
+        :meth:`project`, with rows that cannot be encoded discarded (NaN)."""
+        if not self.active:
+            return x
+        return discard_unencodable(x, self.project(x))
+
     def encode(self, updates: Tensor, clients: Tensor, generator: torch.Generator) -> None:
         """Replace the rows of ``updates (n, d)``, those of ``clients (n,)``, by their
-        messages, in place, through each client's error-feedback memory if kept."""
+        messages, in place, through each client's error-feedback memory if kept; rows that
+        cannot be encoded are discarded (NaN)."""
         if not self.active:
             return
         if self.memory is None:
-            updates.copy_(self.compress(updates, generator))
+            updates.copy_(discard_unencodable(updates, self.compress(updates, generator)))
             return
         if len(clients) == len(self.memory):  # everyone: the memory rows are in order
             corrected = updates.add_(self.memory)
-            messages = self.compress(corrected, generator)
+            messages = discard_unencodable(corrected, self.compress(corrected, generator))
             torch.sub(corrected, messages, out=self.memory)
         else:
             rows = clients.to(updates.device)
             corrected = updates.add_(self.memory.index_select(0, rows))
-            messages = self.compress(corrected, generator)
+            messages = discard_unencodable(corrected, self.compress(corrected, generator))
             self.memory[rows] = corrected - messages
         updates.copy_(messages)
 
@@ -365,8 +394,7 @@ class Sign(Compression):
         return sign(x, self.scaled)
 
     def project(self, x: Tensor) -> Tensor:
-        # one bit cannot carry NaN: a Byzantine NaN is sent as +1
-        return sign(torch.nan_to_num(x, nan=0.0), self.scaled)
+        return sign(x, self.scaled)
 
     def bits_per_message(self) -> int:
         return self.d + (FLOAT_BITS if self.scaled else 0)

@@ -38,6 +38,7 @@ class FLConfig:
     num_clients: int = 20
     num_byzantine: int = 4
     clients_per_round: int | None = None
+    sampling: str = "auto"  # fixed | poisson | auto (poisson under central DP, else fixed)
     rounds: int = 40
     local_steps: int = 5
     batch_size: int = 16
@@ -137,6 +138,12 @@ def validate(cfg: DictConfig) -> None:
         per_round is None or 1 <= per_round <= fl.num_clients,
         f"fl.clients_per_round={per_round} is invalid: use null (every client) or a number "
         f"in [1, fl.num_clients={fl.num_clients}].",
+    )
+    _require(
+        fl.sampling in ("auto", "fixed", "poisson"),
+        f"fl.sampling={fl.sampling!r} is invalid: use 'fixed' (exactly fl.clients_per_round "
+        "clients a round), 'poisson' (each client with probability clients_per_round / "
+        "num_clients) or 'auto' (poisson under privacy=central, else fixed).",
     )
     for key in ("lr", "server_lr"):
         _require(fl[key] > 0, f"fl.{key}={fl[key]} is invalid: it must be > 0.")

@@ -177,6 +177,9 @@ class Defense:
     #: True for rules that use per-client facts of their rows (sample counts, client ids); a
     #: pipeline refuses a row-merging pre-aggregator (bucketing) in front of them.
     uses_client_identity: bool = False
+    #: The rule is the unweighted mean of its rows, whose sensitivity to one clipped row is
+    #: ``C / m``: the release central differential privacy's epsilon bounds (DP-FedAvg).
+    plain_mean: bool = False
 
     def __init__(self) -> None:
         self.last_selected: Tensor | None = None

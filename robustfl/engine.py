@@ -9,6 +9,7 @@ steps. :func:`robustfl.build.build` makes a :class:`Simulation` from a config;
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from robustfl.compression import Compression
 from robustfl.contracts import Attack, Defense, RoundContext, overrides
+from robustfl.errors import ConfigError
 from robustfl.privacy import Privacy
 from robustfl.server import ServerOptimizer
 from robustfl.training import ClientData, LocalTrainer, ParamLayout, evaluate, sample_batch_indices
@@ -32,6 +34,7 @@ class Federation:
     num_clients: int
     clients_per_round: int
     byzantine_ids: Tensor  # (f,) sorted client ids
+    sampling: str = "fixed"  # or "poisson": each client with probability per_round / num_clients
 
     @property
     def is_byzantine(self) -> Tensor:
@@ -41,9 +44,15 @@ class Federation:
         return mask
 
     def participants(self, generator: torch.Generator) -> Tensor:
-        """Sorted ids of this round's clients (all of them unless fewer per round)."""
+        """Sorted ids of this round's clients: all of them when every client takes part;
+        else exactly ``clients_per_round`` drawn without replacement (``fixed``), or each
+        client independently with probability ``clients_per_round / num_clients``
+        (``poisson``: the round's size varies and can be 0)."""
         if self.clients_per_round == self.num_clients:
             return torch.arange(self.num_clients)
+        if self.sampling == "poisson":
+            rate = self.clients_per_round / self.num_clients
+            return torch.nonzero(torch.rand(self.num_clients, generator=generator) < rate)[:, 0]
         chosen = torch.randperm(self.num_clients, generator=generator)
         return chosen[: self.clients_per_round].sort().values
 
@@ -126,6 +135,8 @@ class RoundResult:
     robustness_error: float  # ||aggregate - mean(honest)|| / ||mean(honest)||, on the messages
     byzantine_selected: int | None  # Byzantine rows a selecting rule kept
     num_byzantine: int  # Byzantine rows this round
+    participants: int = 0  # clients of the round
+    skipped: str | None = None  # why the round made no update (Poisson sampling), if it did not
 
 
 def server_update(sim: Simulation) -> Tensor:
@@ -169,13 +180,13 @@ def train_clients(sim: Simulation, clients: Tensor) -> Tensor:
     return updates
 
 
-def transmit(sim: Simulation, updates: Tensor, clients: Tensor) -> None:
+def transmit(sim: Simulation, updates: Tensor, clients: Tensor, honest: Tensor) -> None:
     """Turn the rows of ``updates (n, d)`` into the messages ``clients`` send, in place: local
-    differential privacy first (clip and noise), then compression (with error feedback).
-    Without either, the updates are the messages."""
+    differential privacy first (the honest rows, ``honest (n,)``, clip and add noise), then
+    compression (with error feedback). Without either, the updates are the messages."""
     if not (sim.privacy.active or sim.compression.active):
         return
-    sim.privacy.privatize_messages(updates, clients, sim.streams["privacy"])
+    sim.privacy.privatize_messages(updates, clients, honest, sim.streams["privacy"])
     sim.compression.encode(updates, clients, sim.streams["compression"])
 
 
@@ -195,7 +206,7 @@ def poison(sim: Simulation, updates: Tensor, byz_rows: Tensor, ctx: RoundContext
             f"{tuple(crafted.shape)}, expected {tuple(byzantine.shape)}."
         )
     # Byzantine clients send messages valid for the protocol (robustfl.compression)
-    updates[byz_rows] = sim.compression.project(crafted.to(updates.dtype).neg())
+    updates[byz_rows] = sim.compression.valid(crafted.to(updates.dtype).neg())
 
 
 def rule_name(defense: Defense) -> str:
@@ -223,19 +234,47 @@ def check_aggregate(defense: Defense, aggregate: Tensor, updates: Tensor, round_
         )
 
 
+def skip_reason(sim: Simulation, clients: Tensor, byzantine: int) -> str | None:
+    """Why a round of ``clients`` (``byzantine`` of them Byzantine) cannot run, or None: no
+    client drawn, or fewer rows than the rule (or the attack) needs. Only Poisson sampling
+    draws such rounds; the others were checked before training."""
+    if len(clients) == 0:
+        return "no client drawn"
+    try:
+        sim.defense.check(len(clients))
+        sim.attack.check(len(clients), byzantine)
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def skipped_round(clients: Tensor, reason: str) -> RoundResult:
+    return RoundResult(True, True, True, math.nan, None, 0, len(clients), reason)
+
+
 def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResult:
-    """One round; updates ``sim``'s global model and state in place."""
+    """One round; updates ``sim``'s global model and state in place. A Poisson-sampled round
+    that the rule cannot aggregate (:func:`skip_reason`) changes nothing and says why."""
     clients = sim.federation.participants(sim.streams["sampling"])
     is_byzantine = sim.federation.is_byzantine[clients]
     byz_rows = torch.nonzero(is_byzantine).flatten()
+    if sim.federation.sampling == "poisson":
+        reason = skip_reason(sim, clients, len(byz_rows))
+        if reason is not None:
+            return skipped_round(clients, reason)
 
     with watch("train_s"):
         updates = train_clients(sim, clients)
+    # Byzantine clients that attack apply no mechanism that limits them; under attack=none
+    # they behave honestly, privacy included
+    attacking = overrides(sim.attack, Attack, "poison_data") or overrides(
+        sim.attack, Attack, "poison_gradients"
+    )
     with watch("transmit_s"):
-        transmit(sim, updates, clients)
-    # the honest clients' mean message as one product, for the robustness error
+        transmit(
+            sim, updates, clients, ~is_byzantine if attacking else ~torch.zeros_like(is_byzantine)
+        )
     honest_weights = (~is_byzantine).to(updates.dtype) / max(int((~is_byzantine).sum()), 1)
-    honest_mean = honest_weights.to(sim.device) @ updates
 
     ctx = RoundContext(
         round=round_index,
@@ -255,8 +294,12 @@ def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResul
     with watch("attack_s"):
         if len(byz_rows) and overrides(sim.attack, Attack, "poison_gradients"):
             poison(sim, updates, byz_rows, ctx)
+        sim.privacy.enforce(updates, is_byzantine)  # a protocol-enforced norm bound, if any
     with watch("aggregate_s"):
         received = sim.privacy.clip_received(updates)
+        # the mean of the honest messages the rule receives (clipped under central DP), for
+        # the robustness error; the attack replaced only the Byzantine rows
+        honest_mean = honest_weights.to(sim.device) @ received
         aggregate = sim.defense(received)
         check_aggregate(sim.defense, aggregate, updates, round_index)
         finite = bool(torch.isfinite(aggregate).all())
@@ -278,4 +321,5 @@ def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResul
         if selected is None
         else int(torch.isin(selected.cpu(), byz_rows).sum()),
         num_byzantine=len(byz_rows),
+        participants=len(clients),
     )

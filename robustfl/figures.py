@@ -145,11 +145,17 @@ def tradeoff_figure(table: pd.DataFrame, channel: str) -> go.Figure:
     figure = go.Figure()
     for key, part in table.groupby([*rest, "defense"], sort=True):
         setting = ", ".join(str(v) for v in key[:-1] if v not in ("-", "none"))
+        # a rule whose release the epsilon does not bound (central DP, not the clipped mean)
+        uncovered = "epsilon_covers_rule" in part and (part["epsilon_covers_rule"] == False).any()  # noqa: E712
         figure.add_scatter(
             x=part["x"],
             y=part["worst"],
             mode="lines+markers",
-            name=str(key[-1]) + (f" ({setting})" if several else ""),
+            marker={"symbol": "circle-open" if uncovered else "circle"},
+            line={"dash": "dot" if uncovered else "solid"},
+            name=str(key[-1])
+            + (f" ({setting})" if several else "")
+            + (" - epsilon not covered" if uncovered else ""),
             error_y={
                 "type": "data",
                 "symmetric": False,

@@ -286,4 +286,11 @@ def tradeoff(frame: pd.DataFrame, board: pd.DataFrame, channel: str, measure: st
     cost = keyed[varied].groupby(SETTING, as_index=False)[measure].mean()
     columns = ["defense", "worst", "worst_low", "worst_high", "worst_attack", "mean_attacked"]
     joined = fill_settings(board).merge(cost, on=SETTING)
+    if channel == "privacy" and "epsilon_covers_rule" in keyed:
+        # whether the epsilon covers the defense's release: False once any run says not
+        covers = keyed[varied].dropna(subset=["epsilon_covers_rule"])
+        covers = covers.assign(epsilon_covers_rule=covers["epsilon_covers_rule"].astype(bool))
+        covers = covers.groupby([*SETTING, "defense"], as_index=False)["epsilon_covers_rule"].min()
+        joined = joined.merge(covers, on=[*SETTING, "defense"], how="left")
+        columns.append("epsilon_covers_rule")
     return joined[[*rest, channel, measure, *columns]].sort_values([*rest, "defense", measure])

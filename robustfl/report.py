@@ -123,6 +123,13 @@ def _channel_costs(runs: pd.DataFrame) -> list[str]:
     epsilon = pd.to_numeric(runs.get("epsilon"), errors="coerce").dropna()
     if len(epsilon):
         costs.append(f"privacy spent: epsilon = {epsilon.max():.4g} (the largest of its runs)")
+        covers = runs.get("epsilon_covers_rule", pd.Series(dtype=object)).dropna()
+        uncovered = sorted(runs.loc[covers[covers == False].index, "defense"].unique())  # noqa: E712
+        if uncovered:
+            costs.append(
+                "this epsilon does not cover " + ", ".join(uncovered) + " (central DP bounds "
+                "the mean of the clipped rows only)"
+            )
     elif (runs.get("privacy", pd.Series(dtype=object)).fillna("none") != "none").any():
         costs.append("privacy spent: epsilon = inf (clipping without noise)")
     bits = pd.to_numeric(runs.get("bits_per_client"), errors="coerce").dropna()

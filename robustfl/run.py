@@ -66,8 +66,14 @@ class RunState:
     byzantine_seen: int = 0
     status: str = "running"
     reason: str | None = None  # why a run diverged: the rule's output, or training
+    rounds_skipped: int = 0  # Poisson-sampled rounds the rule could not aggregate
+    participants: list[int] = field(default_factory=list)  # clients per round
 
     def add(self, result: RoundResult) -> None:
+        self.participants.append(result.participants)
+        if result.skipped is not None:
+            self.rounds_skipped += 1
+            return
         error = result.robustness_error
         self.worst_error = max(self.worst_error, error) if math.isfinite(error) else math.inf
         if result.byzantine_selected is not None:
@@ -238,6 +244,8 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
                     "robustness_error": result.robustness_error,
                     "byzantine_selected": result.byzantine_selected,
                     "num_byzantine": result.num_byzantine,
+                    "participants": result.participants,
+                    "rounds_skipped": state.rounds_skipped,
                     **_channel_metrics(sim, r + 1),
                     **{f"time_{k}": v for k, v in state.timers.items() if k != "total_s"},
                     "elapsed_s": time.perf_counter() - offset,
@@ -297,6 +305,13 @@ def _summary(cfg: DictConfig, sim: Simulation, digest: str, state: RunState) -> 
         "status": state.status,
         **({"reason": state.reason} if state.reason else {}),
         "rounds_completed": state.next_round,
+        "rounds_skipped": state.rounds_skipped,
+        "participants": {
+            "sampling": sim.federation.sampling,
+            "mean": sum(state.participants) / max(len(state.participants), 1),
+            "min": min(state.participants, default=0),
+            "max": max(state.participants, default=0),
+        },
         "final": final,
         "best": best,
         "worst_robustness_error": state.worst_error,
@@ -310,6 +325,7 @@ def _summary(cfg: DictConfig, sim: Simulation, digest: str, state: RunState) -> 
         "privacy_mechanism": {
             **sim.privacy.describe(),
             **({"epsilon": sim.privacy.epsilon(state.next_round)} if sim.privacy.active else {}),
+            **_scope(sim),
         },
         "compression_scheme": {
             **sim.compression.describe(),
@@ -319,6 +335,14 @@ def _summary(cfg: DictConfig, sim: Simulation, digest: str, state: RunState) -> 
         "data_notes": sim.data_notes,
         "timings": {k: round(v, 6) for k, v in state.timers.items()},
     }
+
+
+def _scope(sim: Simulation) -> dict[str, Any]:
+    """Whether the run's epsilon covers its rule (:meth:`robustfl.privacy.Privacy.scope`)."""
+    if not sim.privacy.active:
+        return {}
+    covers, scope = sim.privacy.scope(sim.defense)
+    return {"epsilon_covers_rule": covers, "scope": scope}
 
 
 def _progress(cfg: DictConfig, initial: int):

@@ -48,6 +48,7 @@ COLUMNS = [
     "worst_robustness_error",
     "byzantine_selected_share",
     "epsilon",
+    "epsilon_covers_rule",
     "bits_per_client",
     "status",
     "reason",
@@ -173,6 +174,9 @@ def run_row(folder: Path) -> dict[str, Any]:
         "privacy": summary.get("privacy") or channel_label(config, "privacy"),
         "compression": summary.get("compression") or channel_label(config, "compression"),
         "epsilon": (summary.get("privacy_mechanism", {}) or {}).get("epsilon"),
+        "epsilon_covers_rule": (summary.get("privacy_mechanism", {}) or {}).get(
+            "epsilon_covers_rule"
+        ),
         "bits_per_client": (summary.get("compression_scheme", {}) or {}).get("bits_per_message"),
         "worst_robustness_error": summary.get("worst_robustness_error"),
         "byzantine_selected_share": summary.get("byzantine_selected_share"),

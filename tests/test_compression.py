@@ -153,9 +153,35 @@ def test_sign_by_hand():
     x = torch.tensor([[0.0, -2.0, 3.0]])
     assert torch.equal(sign(x), torch.tensor([[1.0, -1.0, 1.0]]))
     torch.testing.assert_close(sign(x, scaled=True), torch.tensor([[5 / 3, -5 / 3, 5 / 3]]))
-    # a Byzantine row's NaN cannot travel in one bit
-    crafted = torch.tensor([[math.nan, -math.inf, 2.0]])
-    assert torch.equal(Sign().project(crafted), torch.tensor([[1.0, -1.0, 1.0]]))
+
+
+@pytest.mark.parametrize(
+    "compression",
+    [TopK(0.5), RandK(0.5), QSGD(levels=1, bucket_size=0), Sign(), Sign(scaled=True)],
+    ids=["top_k", "rand_k", "qsgd", "sign", "scaled_sign"],
+)
+def test_every_compressor_discards_a_row_it_cannot_encode(compression):
+    """One policy: a row with NaN or an infinity, or one QSGD cannot encode (a bucket norm
+    beyond float32: [3e38, 3e38, 1, 2]), reaches the server as a NaN row, from an honest
+    client's encoding and from a Byzantine client's projection alike; other rows are kept."""
+    compression.bind(4, 4, torch.device("cpu"))
+    rows = torch.tensor(
+        [[math.nan, 1.0, 2.0, 3.0], [-math.inf, 1.0, 2.0, 3.0], [1.0, -2.0, 0.5, 4.0]]
+    )
+    rows = torch.cat([rows, torch.tensor([[3e38, 3e38, 1.0, 2.0]])])
+    cannot = [True, True, False, isinstance(compression, QSGD)]
+    encoded = rows.clone()
+    compression.encode(encoded, torch.arange(4), generator())
+    projected = compression.valid(rows.clone())
+    for out in (encoded, projected):
+        for row, discarded in zip(out, cannot, strict=True):
+            assert bool(torch.isnan(row).all()) if discarded else bool(torch.isfinite(row).all())
+
+
+def test_majority_vote_lets_nonfinite_entries_abstain():
+    """[[inf], [inf], [-1]]: the infinities abstain, the one finite vote decides."""
+    rows = torch.tensor([[math.inf, math.nan], [math.inf, 1.0], [-1.0, 1.0]])
+    assert majority_vote(rows).tolist() == [-1.0, 1.0]
 
 
 def _bound(compression, d: int = 10, clients: int = 4):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import dp_accounting
+import pandas as pd
 import pytest
 import torch
 from conftest import FAST, Stop, StopAfter
@@ -47,23 +48,125 @@ def test_central_noise_is_sigma_clip_over_the_rows():
 
 def test_epsilon_matches_the_library_example():
     """dp_accounting's own test: one Gaussian mechanism of noise multiplier 4.530877117 is
-    exactly (1, 1e-6)-DP."""
-    accountant = PrivacyAccountant("local", 4.530877117, 1e-6, rate=1.0)
+    exactly (1, 1e-6)-DP under add-or-remove-one (central, every client every round)."""
+    accountant = PrivacyAccountant("central", 4.530877117, 1e-6, 10, 10, "poisson")
     assert accountant.epsilon(1) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_epsilon_composes_and_sampling_amplifies_only_centrally():
-    local = PrivacyAccountant("local", 1.0, 1e-5, rate=0.1)
-    central = PrivacyAccountant("central", 1.0, 1e-5, rate=0.1)
-    expected = RdpAccountant()
-    expected.compose(
-        dp_accounting.PoissonSampledDpEvent(0.1, dp_accounting.GaussianDpEvent(1.0)), 50
+def direct_epsilon(event, releases, accountant="rdp", replace_one=False, delta=1e-5):
+    """Epsilon from dp_accounting, spelled out independently of robustfl.privacy."""
+    from dp_accounting.pld import PLDAccountant
+
+    relation = dp_accounting.NeighboringRelation
+    relation = relation.REPLACE_ONE if replace_one else relation.ADD_OR_REMOVE_ONE
+    kind = RdpAccountant if accountant == "rdp" else PLDAccountant
+    account = kind(neighboring_relation=relation)
+    account.compose(event, releases)
+    return account.get_epsilon(delta)
+
+
+def test_the_issues_figures_for_each_sampling_and_placement():
+    """50 clients, 5 a round, sigma 1, delta 1e-5. Central: Poisson sampling, 100 rounds,
+    add-or-remove: 7.90 (RDP), 7.05 (PLD); exactly 5 of 50 without replacement needs
+    replace-one with the clipped sum's sensitivity 2C: 83.9 (RDP). Local, replace-one: 10.73
+    (RDP) and 10.0 (PLD) after one release, 48.8 and 46.2 after ten."""
+    gauss = dp_accounting.GaussianDpEvent
+    poisson = PrivacyAccountant("central", 1.0, 1e-5, 50, 5, "poisson")
+    want = direct_epsilon(dp_accounting.PoissonSampledDpEvent(0.1, gauss(1.0)), 100)
+    assert poisson.epsilon(100) == pytest.approx(want) and want == pytest.approx(7.90, abs=0.01)
+    pld = PrivacyAccountant("central", 1.0, 1e-5, 50, 5, "poisson", "pld")
+    want = direct_epsilon(dp_accounting.PoissonSampledDpEvent(0.1, gauss(1.0)), 100, "pld")
+    assert pld.epsilon(100) == pytest.approx(want) and want == pytest.approx(7.05, abs=0.01)
+    fixed = PrivacyAccountant("central", 1.0, 1e-5, 50, 5, "fixed")
+    event = dp_accounting.SampledWithoutReplacementDpEvent(50, 5, gauss(0.5))
+    want = direct_epsilon(event, 100, replace_one=True)
+    assert fixed.epsilon(100) == pytest.approx(want) and want == pytest.approx(83.9, abs=0.1)
+    assert fixed.epsilon(100) >= poisson.epsilon(100)
+    for kind, once, ten in (("rdp", 10.73, 48.8), ("pld", 10.0, 46.2)):
+        local = PrivacyAccountant("local", 1.0, 1e-5, 50, 5, "fixed", kind)
+        assert local.epsilon(1) == pytest.approx(once, abs=0.01)
+        assert local.epsilon(10) == pytest.approx(ten, abs=0.1)
+    assert PrivacyAccountant("local", 0.0, 1e-5, 50, 5).epsilon(1) == math.inf
+    with pytest.raises(ConfigError, match="privacy.accountant=pld"):
+        PrivacyAccountant("central", 1.0, 1e-5, 50, 5, "fixed", "pld")
+
+
+@pytest.mark.parametrize(
+    ("extra", "accountant"),
+    [
+        (["privacy=local"], "rdp"),
+        (["privacy=local"], "pld"),
+        (["privacy=central", "fl.clients_per_round=5"], "rdp"),  # Poisson, by default
+        (["privacy=central", "fl.clients_per_round=5"], "pld"),
+        (["privacy=central", "fl.clients_per_round=5", "fl.sampling=fixed"], "rdp"),
+    ],
+)
+def test_every_logged_epsilon_equals_dp_accounting_for_the_sampling_that_ran(
+    tmp_path, extra, accountant
+):
+    overrides = [*FAST, "fl.eval_every=1", "privacy.noise_multiplier=1.5", *extra]
+    summary = run_experiment([*overrides, f"privacy.accountant={accountant}"], tmp_path)
+    gauss = dp_accounting.GaussianDpEvent
+    central = "privacy=central" in extra
+    sampling = summary["participants"]["sampling"]
+    assert sampling == ("poisson" if central and "fl.sampling=fixed" not in extra else "fixed")
+    for record in read_metrics(tmp_path):
+        rounds = record["round"]
+        if not central:  # every client every round (FAST): each honest client sent `rounds`
+            sigma = 0.75 if accountant == "rdp" else 1.5  # RDP: sensitivity 2C spelled out
+            want = direct_epsilon(gauss(sigma), rounds, accountant, replace_one=True)
+        elif sampling == "poisson":
+            event = dp_accounting.PoissonSampledDpEvent(0.5, gauss(1.5))
+            want = direct_epsilon(event, rounds, accountant)
+        else:
+            event = dp_accounting.SampledWithoutReplacementDpEvent(10, 5, gauss(0.75))
+            want = direct_epsilon(event, rounds, replace_one=True)
+        assert record["epsilon"] == pytest.approx(want), (extra, accountant, rounds)
+    assert summary["privacy_mechanism"]["accountant"].startswith(
+        f"dp_accounting {accountant.upper()}"
     )
-    assert central.epsilon(50) == pytest.approx(expected.get_epsilon(1e-5))
-    assert central.epsilon(50) < local.epsilon(50)  # the server sees who sends, centrally not
-    assert local.epsilon(10) < local.epsilon(50)
-    assert PrivacyAccountant("local", 0.0, 1e-5, 1.0).epsilon(1) == math.inf
-    assert local.epsilon(0) == 0.0
+
+
+def test_poisson_rounds_vary_in_size_skip_what_the_rule_cannot_take_and_log_it(tmp_path):
+    """Each of 10 clients with probability 0.7: rounds of about 4 to 10 clients; Krum needs
+    n > 2f + 2 = 6, so smaller rounds are skipped (no update) and counted."""
+    overrides = [*FAST, "fl.clients_per_round=7", "fl.sampling=poisson", "fl.rounds=30"]
+    summary = run_experiment([*overrides, "fl.eval_every=1", "defense=krum"], tmp_path)
+    records = read_metrics(tmp_path)
+    sizes = [r["participants"] for r in records]
+    assert len(set(sizes)) > 2 and summary["participants"]["sampling"] == "poisson"
+    skipped = sum(size < 7 for size in sizes)
+    assert summary["rounds_skipped"] == skipped == records[-1]["rounds_skipped"] > 0
+    assert summary["status"] == "completed"
+
+
+def test_central_dp_with_poisson_sampling_divides_by_the_expected_round_size():
+    """DP-FedAvg: the noised sum of the clipped rows over the fixed q N, not over the round's
+    own count (which would reveal it)."""
+    base = [*FAST, "privacy=central", "privacy.clip=0.05", "privacy.noise_multiplier=0"]
+    sim = build(compose_config([*base, "fl.clients_per_round=5", "fl.server_lr=1"]))
+    assert sim.federation.sampling == "poisson"
+    rows, step = recorded(sim)
+    torch.testing.assert_close(step, rows.sum(dim=0) / 5.0)  # q N = 0.5 * 10
+
+
+def test_byzantine_messages_leave_without_the_honest_mechanism_unless_enforced():
+    """A backdoor boosted 20 times under local DP with clip 0.1: its messages are not clipped
+    (an attacker applies no mechanism that limits it) unless the protocol enforces the
+    norm; the honest ones are; only honest releases count for epsilon."""
+    base = [*FAST, "privacy=local", "privacy.clip=0.1", "privacy.noise_multiplier=0"]
+    base += ["attack=backdoor", "attack.boost=20"]
+    for enforced in (False, True):
+        sim = build(compose_config([*base, f"privacy.enforced={enforced}"]))
+        rows, _ = recorded(sim)
+        norms = torch.linalg.vector_norm(rows, dim=1)
+        byzantine = sim.federation.is_byzantine
+        assert bool((norms[~byzantine] <= 0.1 * (1 + 1e-5)).all())
+        if enforced:
+            assert bool((norms[byzantine] <= 0.1 * (1 + 1e-5)).all())
+        else:
+            assert bool((norms[byzantine] > 1.0).all())
+        assert int(sim.privacy.participations[byzantine].sum()) == 0
 
 
 def recorded(sim):
@@ -130,8 +233,9 @@ def test_logged_epsilon_follows_the_most_frequent_participant(run_dir):
     for r in range(6):
         run_round(sim, r, Stopwatch({}))
     most = int(sim.privacy.participations.max())
+    # attack=none: the Byzantine clients behave honestly, mechanism included, and count
     assert 3 <= most <= 6 and int(sim.privacy.participations.sum()) == 30
-    expected = PrivacyAccountant("local", 2.0, 1e-5, 0.5).epsilon(most)
+    expected = PrivacyAccountant("local", 2.0, 1e-5, 10, 5).epsilon(most)
     assert read_metrics(run_dir)[-1]["epsilon"] == pytest.approx(expected)
 
 
@@ -180,3 +284,28 @@ def test_resume_with_privacy_and_compression_state_gives_identical_metrics(tmp_p
         ]
 
     assert numbers(tmp_path / "killed") == numbers(tmp_path / "reference")
+
+
+def test_every_view_says_whether_the_epsilon_covers_the_rule(tmp_path):
+    """Central DP bounds the mean of the clipped rows: the median's release is not covered;
+    local DP covers any rule. The summary, results.csv and the page say so."""
+    from robustfl.report import write_report
+
+    base = [*FAST, "privacy.noise_multiplier=1", "fl.rounds=2"]
+    runs = {
+        "mean": ["privacy=central", "defense=mean"],
+        "median": ["privacy=central", "defense=median"],
+        "local": ["privacy=local", "defense=median"],
+    }
+    covers = {
+        name: run_experiment([*base, *extra], tmp_path / "runs" / name)["privacy_mechanism"]
+        for name, extra in runs.items()
+    }
+    assert covers["mean"]["epsilon_covers_rule"] is True
+    assert covers["median"]["epsilon_covers_rule"] is False
+    assert covers["median"]["scope"].startswith("not covered")
+    assert covers["local"]["epsilon_covers_rule"] is True
+    page = write_report([tmp_path / "runs"], tmp_path / "out").read_text()
+    frame = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert set(frame["epsilon_covers_rule"]) == {True, False}
+    assert "this epsilon does not cover median" in page
