@@ -1,18 +1,20 @@
 """Client-level differential privacy with the Gaussian mechanism, in its two placements.
 
-- **local**: every client clips its update to norm ``clip`` and adds ``N(0, (sigma clip)^2 I)``
-  itself, before anything leaves it; the server and the other clients are not trusted.
+- **local**: every honest client clips its update to norm ``clip`` and adds
+  ``N(0, (sigma clip)^2 I)`` itself, before anything leaves it; the server and the other
+  clients are not trusted. Attackers apply no mechanism (unless the protocol enforces the
+  clipping, ``enforced``).
 - **central** (DP-FedAvg, McMahan, Ramage, Talwar and Zhang 2018, "Learning Differentially
   Private Recurrent Language Models"): the clients send their updates to a trusted server,
   which clips every row to ``clip``, aggregates, and adds ``N(0, (sigma clip / m)^2 I)`` to
-  the aggregate of the ``m`` rows of the round (the noise of the clipped sum, over the fixed
-  denominator ``m``); only the noised models are released.
+  the aggregate of the round's rows, ``m`` being the fixed expected round size ``q N`` under
+  Poisson sampling (the aggregate is rescaled to that denominator) or the round's fixed size;
+  only the noised models are released.
 
-Privacy is **client-level**: neighbouring federations differ in one client's entire data
-(added or removed; its clipped update changes the released sum by at most ``clip``). The
-privacy spent is computed by Google's ``dp_accounting`` (Renyi DP accountant), never by hand:
-see :class:`PrivacyAccountant` for what it assumes in each placement. ``docs/privacy.md``
-states the threat model.
+Privacy is **client-level**: neighbouring federations differ in one client's entire data.
+The privacy spent is computed by Google's ``dp_accounting`` (RDP or PLD accountant), never by
+hand, for the sampling that ran: :class:`PrivacyAccountant` says what it assumes in each case,
+``docs/privacy-and-compression.md`` states the threat model.
 """
 
 from __future__ import annotations
