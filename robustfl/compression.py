@@ -131,8 +131,9 @@ def qsgd(
     ``x (n, d)`` (0: the whole row): ``||v||_2 sign(v_i) xi_i / s`` with ``s = levels`` and
     ``xi_i`` the level ``l = floor(s |v_i| / ||v||)`` rounded up to ``l + 1`` with probability
     ``s |v_i| / ||v|| - l``, so that ``E[Q(v)] = v`` (a zero bucket stays zero). Without a
-    ``generator``, the nearest level instead (deterministic, biased): the projection of an
-    arbitrary row onto QSGD messages."""
+    ``generator``, the nearest level instead (deterministic, biased): a valid QSGD message
+    derived from an arbitrary row, what a Byzantine client sends (not always the closest
+    one: the levels are rounded one coordinate at a time)."""
     x = x.contiguous()
     quantized = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if generator is not None:

@@ -4,6 +4,7 @@ engine, and resuming with privacy and compression state."""
 
 from __future__ import annotations
 
+import logging
 import math
 
 import dp_accounting
@@ -309,3 +310,22 @@ def test_every_view_says_whether_the_epsilon_covers_the_rule(tmp_path):
     frame = pd.read_csv(tmp_path / "out" / "results.csv")
     assert set(frame["epsilon_covers_rule"]) == {True, False}
     assert "this epsilon does not cover median" in page
+
+
+def test_robustness_error_compares_with_the_honest_messages_the_rule_receives(tmp_path):
+    """Central DP, no attack, no noise: the mean of the clipped rows is exactly the mean of
+    the honest messages the rule receives, so the error is 0 however hard the clipping (it
+    measured the clipping itself, 0.77 at clip 0.05, when compared with unclipped updates)."""
+    overrides = [*FAST, "privacy=central", "privacy.clip=0.05", "privacy.noise_multiplier=0"]
+    summary = run_experiment([*overrides, "defense=mean", "fl.num_byzantine=0"], tmp_path)
+    assert summary["worst_robustness_error"] < 1e-5
+
+
+def test_a_delta_above_one_over_n_is_warned_about_and_accountant_noise_stays_out(caplog):
+    privacy = Privacy("local", clip=1.0, noise_multiplier=1.0, delta=0.2)
+    with caplog.at_level(logging.WARNING):
+        privacy.bind(10, 10)
+        PrivacyAccountant("central", 1.0, 1e-5, 50, 5, "poisson").epsilon(100)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("privacy.delta=0.2 is not below 1 / fl.num_clients" in m for m in messages)
+    assert not any("failed to converge" in m for m in messages)
