@@ -28,41 +28,53 @@ def test_doc_blocks_are_the_repository_files(doc):
         assert (REPO / path).read_text() == body, f"{doc} and {path} differ"
 
 
-def test_attack_from_a_users_own_package_through_searchpath(tmp_path):
-    commands = []
-    for path, body in blocks("adding-an-attack.md"):
+def write_user_files(doc: str, root: Path) -> list[str]:
+    """Write the doc's file blocks that are not repository files under ``root``; return the
+    lines of its last run block."""
+    commands: list[str] = []
+    for path, body in blocks(doc):
         if path is None:
-            commands.append(body.strip())
+            commands = [line for line in body.strip().splitlines() if line]
         elif not (REPO / path).exists():
-            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / path).write_text(body)
-    assert commands == [
-        "PYTHONPATH=. robustfl attack=silence fl.rounds=3 'hydra.searchpath=[file://my_conf]'"
-    ]
+            (root / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / path).write_text(body)
+    return commands
+
+
+def run_user_command(command: str, cwd: Path, **env: str) -> str:
+    """``command`` in bash with the venv's commands on the PATH and W&B off; its stdout."""
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "WANDB_MODE": "disabled"}
+    environment = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "WANDB_MODE": "disabled",
+        **env,
+    }
     result = subprocess.run(
-        ["bash", "-c", f"{commands[0]} progress=false hydra.run.dir=out"],
-        cwd=tmp_path,
-        env=env,
+        ["bash", "-c", command],
+        cwd=cwd,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert "silence vs mean (seed 0): accuracy" in result.stdout
+    return result.stdout
+
+
+def test_attack_from_a_users_own_package_through_searchpath(tmp_path):
+    commands = write_user_files("adding-an-attack.md", tmp_path)
+    assert commands == [
+        "PYTHONPATH=. robustfl attack=silence fl.rounds=3 'hydra.searchpath=[file://my_conf]'"
+    ]
+    out = run_user_command(f"{commands[0]} progress=false hydra.run.dir=out", tmp_path)
+    assert "silence vs mean (seed 0): accuracy" in out
 
 
 def test_defense_from_an_installed_package_through_a_hydra_plugin(tmp_path):
     """The package of adding-a-defense.md, installed into a folder of its own (not the venv),
     found through its hydra_plugins module: one run and a preset sweep with its own list."""
-    commands = []
-    for path, body in blocks("adding-a-defense.md"):
-        if path is None:
-            commands = [line for line in body.strip().splitlines() if line]
-        elif not (REPO / path).exists():
-            (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / path).write_text(body)
+    commands = write_user_files("adding-a-defense.md", tmp_path)
     for package in ("robustfl_mine", "robustfl_mine/conf", "hydra_plugins/robustfl_mine"):
         (tmp_path / "mine" / package / "__init__.py").touch()
     assert commands[0] == "pip install ./mine" and len(commands) == 3
@@ -76,26 +88,12 @@ def test_defense_from_an_installed_package_through_a_hydra_plugin(tmp_path):
     )
     assert install.returncode == 0, install.stderr
     assert not (site / "hydra_plugins" / "__init__.py").exists()  # the shared namespace
-    bin_dir = Path(sys.executable).parent
-    env = {
-        **os.environ,
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "PYTHONPATH": str(site),  # where the package was installed, as site-packages would be
-        "WANDB_MODE": "disabled",
-    }
-    outputs = []
-    for command, where in zip(
-        commands[1:], ("hydra.run.dir=one", "hydra.sweep.dir=sweep"), strict=True
-    ):
-        result = subprocess.run(
-            ["bash", "-c", f"{command} progress=false {where}"],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert result.returncode == 0, result.stderr
-        outputs.append(result.stdout)
-    assert "alie vs midrange (seed 0): accuracy" in outputs[0]
-    assert "2 jobs: 2 completed" in outputs[1]
+    # PYTHONPATH: where the package was installed, as site-packages would be
+    one = run_user_command(
+        f"{commands[1]} progress=false hydra.run.dir=one", tmp_path, PYTHONPATH=str(site)
+    )
+    assert "alie vs midrange (seed 0): accuracy" in one
+    sweep = run_user_command(
+        f"{commands[2]} progress=false hydra.sweep.dir=sweep", tmp_path, PYTHONPATH=str(site)
+    )
+    assert "2 jobs: 2 completed" in sweep
