@@ -254,13 +254,18 @@ def skipped_round(clients: Tensor, reason: str) -> RoundResult:
 
 def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResult:
     """One round; updates ``sim``'s global model and state in place. A Poisson-sampled round
-    that the rule cannot aggregate (:func:`skip_reason`) changes nothing and says why."""
+    that the rule cannot aggregate (:func:`skip_reason`) makes no update and says why; under
+    central privacy an empty round still releases its noise (the account counts it)."""
     clients = sim.federation.participants(sim.streams["sampling"])
     is_byzantine = sim.federation.is_byzantine[clients]
     byz_rows = torch.nonzero(is_byzantine).flatten()
     if sim.federation.sampling == "poisson":
         reason = skip_reason(sim, clients, len(byz_rows))
         if reason is not None:
+            if not len(clients) and sim.privacy.placement == "central":
+                # DP-FedAvg releases the noise of an empty sum all the same
+                zero = torch.zeros_like(sim.global_params)
+                sim.server.step(sim.privacy.noise_aggregate(zero, 0, sim.streams["privacy"]))
             return skipped_round(clients, reason)
 
     with watch("train_s"):
@@ -270,10 +275,9 @@ def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResul
     attacking = overrides(sim.attack, Attack, "poison_data") or overrides(
         sim.attack, Attack, "poison_gradients"
     )
+    honest = ~is_byzantine if attacking else torch.ones_like(is_byzantine)
     with watch("transmit_s"):
-        transmit(
-            sim, updates, clients, ~is_byzantine if attacking else ~torch.zeros_like(is_byzantine)
-        )
+        transmit(sim, updates, clients, honest)
     honest_weights = (~is_byzantine).to(updates.dtype) / max(int((~is_byzantine).sum()), 1)
 
     ctx = RoundContext(

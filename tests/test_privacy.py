@@ -329,3 +329,15 @@ def test_a_delta_above_one_over_n_is_warned_about_and_accountant_noise_stays_out
     messages = [record.getMessage() for record in caplog.records]
     assert any("privacy.delta=0.2 is not below 1 / fl.num_clients" in m for m in messages)
     assert not any("failed to converge" in m for m in messages)
+
+
+def test_an_empty_poisson_round_under_central_dp_still_releases_its_noise():
+    """No client drawn: the sum is 0, and DP-FedAvg still adds N(0, (sigma C / q N)^2)."""
+    base = [*FAST, "privacy=central", "privacy.clip=0.5", "privacy.noise_multiplier=2"]
+    sim = build(compose_config([*base, "fl.clients_per_round=1", "fl.server_lr=1"]))
+    sim.federation.participants = lambda generator: torch.zeros(0, dtype=torch.long)
+    before = sim.global_params.clone()
+    result = run_round(sim, 0, Stopwatch({}))
+    step = sim.global_params - before
+    assert result.skipped == "no client drawn" and result.participants == 0
+    assert abs(float(step.std()) / (2 * 0.5 / 1.0) - 1) < 0.05  # q N = 0.1 * 10 = 1
