@@ -7,6 +7,7 @@ float64 loops (``reference_rules.py``) or properties the rules state."""
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -183,6 +184,8 @@ RULES = {
     "centered_clipping": ({"_target_": "defenses.centered_clipping.CenteredClipping"}, None),
     "norm_bound": ({"_target_": "defenses.norm_bound.NormBound"}, None),
     "foolsgold": ({"_target_": "defenses.foolsgold.FoolsGold"}, None),
+    "fltrust": ({"_target_": "defenses.fltrust.FLTrust"}, None),
+    "majority_vote": ({"_target_": "defenses.majority_vote.MajorityVote", "step": 0.5}, None),
     "nnm+median": ({"_target_": "defenses.median.Median"}, {"nnm": {"f": N_F}}),
     "bucketing+median": ({"_target_": "defenses.median.Median"}, {"bucketing": {"s": 2}}),
     "arc+mean": ({"_target_": "defenses.mean.Mean"}, {"clipping": {"adaptive": True, "f": N_F}}),
@@ -198,7 +201,8 @@ SCALE_FREE |= {"nnm+median", "bucketing+median"}
 #: Rules whose output is finite with up to f non-finite rows among n >= their minimum
 #: (bucketing spreads f bad rows over up to f of its n / s buckets, so it needs more rows).
 DROP_NONFINITE = SCALE_FREE - {"mean", "bucketing+median"}
-DROP_NONFINITE |= {"geomed", "centered_clipping", "norm_bound", "arc+mean"}
+DROP_NONFINITE |= {"geomed", "centered_clipping", "norm_bound", "arc+mean", "fltrust"}
+DROP_NONFINITE |= {"majority_vote"}
 FAMILIES = ["gaussian", "identical", "f_identical", "offset", "huge", "tiny", "nonfinite", "zeros"]
 
 
@@ -249,7 +253,13 @@ def test_every_rule_on_hostile_families(name, family, extra, d, seed):
     def run(x: torch.Tensor) -> torch.Tensor:
         rule = build_defense(dict(target), pre_nodes(**pre) if pre else None)
         rule.check(n)
-        rule.set_generator(torch.Generator().manual_seed(seed))
+        # FLTrust's server update: the honest rows' mean, a direction the server could learn
+        server = torch.from_numpy(np.nan_to_num(rows64[:honest]).mean(axis=0).astype(np.float32))
+        generator = torch.Generator().manual_seed(seed)
+        context = SimpleNamespace(
+            defense_generator=generator, server_update=lambda: server, client_ids=torch.arange(n)
+        )
+        rule.prepare(context)
         return rule(x.clone())
 
     out = run(rows)
@@ -260,6 +270,8 @@ def test_every_rule_on_hostile_families(name, family, extra, d, seed):
     if not torch.isfinite(out).all():
         return
     value = out.double().numpy()
+    if name == "majority_vote":  # every coordinate a step up, down, or none (a tie)
+        assert set(np.unique(value)) <= {-0.5, 0.0, 0.5}, value
     ulp = np.spacing(np.abs(value).astype(np.float32)).astype(np.float64)
     if name in INSIDE_HONEST_RANGE:
         low, high = good.min(axis=0), good.max(axis=0)
