@@ -341,3 +341,16 @@ def test_an_empty_poisson_round_under_central_dp_still_releases_its_noise():
     step = sim.global_params - before
     assert result.skipped == "no client drawn" and result.participants == 0
     assert abs(float(step.std()) / (2 * 0.5 / 1.0) - 1) < 0.05  # q N = 0.1 * 10 = 1
+
+
+def test_the_central_poisson_account_agrees_with_opacus():
+    """Where the assumptions coincide (Poisson-subsampled Gaussian, add-or-remove-one, RDP),
+    Opacus' independent RDP analysis gives the same epsilon to within its coarser orders."""
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
+
+    orders = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64))
+    for rate, sigma, rounds in ((0.1, 1.0, 100), (0.5, 1.5, 30), (0.05, 0.8, 500)):
+        rdp = compute_rdp(q=rate, noise_multiplier=sigma, steps=rounds, orders=orders)
+        opacus_epsilon, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)
+        ours = PrivacyAccountant("central", sigma, 1e-5, 100, round(rate * 100), "poisson")
+        assert ours.epsilon(rounds) == pytest.approx(opacus_epsilon, rel=0.02)
