@@ -100,23 +100,27 @@ class Gram(NamedTuple):
     def sq_distances(self) -> Tensor:
         """``(n, n)`` float64 squared distances in the rows' own units; ``+inf`` to and from
         unusable rows, 0 on the diagonal."""
-        sq = self.matrix.diagonal()
-        dist = torch.add(sq[:, None], sq[None, :]).sub_(self.matrix, alpha=2.0).clamp_(min=0.0)
+        # (n, n) work in numpy, whose calls cost a fraction of torch's on such small arrays
+        gram, good = self.matrix.cpu().numpy(), self.usable.cpu().numpy()
+        sq = np.diagonal(gram)
+        dist = np.maximum(sq[:, None] + sq[None, :] - 2.0 * gram, 0.0)
         if self.scale != 1.0:
-            dist.mul_(self.scale**2)
-        if not bool(self.usable.all()):
-            good = self.usable
-            dist.masked_fill_(~(good[:, None] & good[None, :]), torch.inf)
-        return dist.fill_diagonal_(0.0)
+            dist *= self.scale**2
+        if not good.all():
+            dist[~(good[:, None] & good[None, :])] = np.inf
+        np.fill_diagonal(dist, 0.0)
+        return torch.from_numpy(dist).to(self.matrix.device)
 
 
 def _gram_about(x: Tensor, center: Tensor, scale: float, finite: Tensor) -> Gram:
-    gram = centered_products(x, center, scale).double()
+    gram = centered_products(x, center, scale).double().cpu().numpy()
     gram = 0.5 * (gram + gram.T)
-    usable = finite & torch.isfinite(gram.diagonal())
-    if not bool(usable.all()):
-        gram.masked_fill_(~(usable[:, None] & usable[None, :]), 0.0)
-    return Gram(gram, usable, scale)
+    usable = finite.cpu().numpy() & np.isfinite(np.diagonal(gram))
+    if not usable.all():
+        gram[~(usable[:, None] & usable[None, :])] = 0.0
+    return Gram(
+        torch.from_numpy(gram).to(x.device), torch.from_numpy(usable).to(finite.device), scale
+    )
 
 
 def _median_distances(dist: Tensor, usable: Tensor) -> list[float]:
