@@ -90,8 +90,8 @@ def test_resume_after_sigkill_gives_identical_metrics(tmp_path):
 
 
 def test_checkpoints_follow_the_policy(tmp_path):
-    """By time with a period longer than the run: only the final checkpoint; by rounds: the
-    configured rounds (overwritten, so the last holds the end); neither: no file."""
+    """By time with a period longer than the run: only the final checkpoint (round 3);
+    neither by time nor by rounds: no file."""
     run_experiment([*OVERRIDES, "fl.rounds=3", "checkpoint_seconds=3600"], tmp_path / "time")
     assert load_checkpoint(tmp_path / "time")["run"]["next_round"] == 3
     run_experiment(
