@@ -43,10 +43,18 @@ class Mimic(Attack):
     Args:
         victim: a fixed honest client id instead of the heuristic.
         warmup: rounds of direction estimation (``args.mimic_warmup`` in the authors' code).
+        start_seed: the seed of the random start of the direction, drawn on the updates'
+            device; ``None`` draws it from the run's attack stream. The authors' code starts
+            from seed 0 in every run (``g.manual_seed(0)``), so their victim depends on the
+            run's seed only through the gradients.
     """
 
     def __init__(
-        self, victim: int | None = None, warmup: int = 1, knowledge: str = "omniscient"
+        self,
+        victim: int | None = None,
+        warmup: int = 1,
+        knowledge: str = "omniscient",
+        start_seed: int | None = None,
     ) -> None:
         super().__init__(knowledge)
         if knowledge != "omniscient":
@@ -55,7 +63,7 @@ class Mimic(Attack):
             )
         if warmup < 1:
             raise ConfigError(f"attack.warmup={warmup} is invalid: it must be >= 1.")
-        self.victim, self.warmup = victim, warmup
+        self.victim, self.warmup, self.start_seed = victim, warmup, start_seed
         self.mu: Tensor | None = None
         self.direction: Tensor | None = None
         self.chosen: int | None = None
@@ -84,7 +92,10 @@ class Mimic(Attack):
         mean = honest.mean(dim=0)
         if t == 0:
             self.mu = mean
-            start = torch.randn(honest.shape[1], generator=generator).to(honest)
+            if self.start_seed is not None:
+                generator = torch.Generator(device=honest.device).manual_seed(self.start_seed)
+            start = torch.randn(honest.shape[1], generator=generator, device=generator.device)
+            start = start.to(honest)
             self.direction = power_step(honest, self.mu, start)
             return
         self.mu = (t * self.mu + mean) / (t + 1)

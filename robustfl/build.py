@@ -19,7 +19,7 @@ from robustfl.compression import Compression
 from robustfl.config import instantiate_option, option_label, validate
 from robustfl.contracts import Attack, Defense, PreAggregator, overrides
 from robustfl.data import Dataset
-from robustfl.engine import Evaluation, Federation, Simulation
+from robustfl.engine import DropoutSeeds, Evaluation, Federation, Simulation
 from robustfl.errors import ConfigError
 from robustfl.kernels import evaluation_plan
 from robustfl.models import init_model
@@ -151,6 +151,21 @@ def build_root_data(cfg: DictConfig, dataset: Dataset, defense: Defense) -> Clie
     return ClientData.from_parts([(dataset.x_train[rows], dataset.y_train[rows])])
 
 
+def dropout_seeds(cfg: DictConfig, trainer: LocalTrainer) -> DropoutSeeds:
+    """The run's :class:`DropoutSeeds`; a policy other than the default on a model without
+    dropout is an error (it would change nothing)."""
+    policy = DropoutSeeds(
+        shared=cfg.fl.dropout_masks == "shared", period=cfg.fl.dropout_period, seed=cfg.seed
+    )
+    if not policy.per_round and not trainer.dropout:
+        raise ConfigError(
+            f"fl.dropout_masks={cfg.fl.dropout_masks} fl.dropout_period={cfg.fl.dropout_period} "
+            f"is set but model={option_label(cfg, 'model')} has no dropout layers: leave both at "
+            "their defaults (independent, 1) or choose a model with dropout."
+        )
+    return policy
+
+
 def build(cfg: DictConfig) -> Simulation:
     """Validate ``cfg`` and build the run's objects (see the module docstring)."""
     validate(cfg)
@@ -225,6 +240,7 @@ def build(cfg: DictConfig) -> Simulation:
         parts=parts,
         data_notes=dataset.notes,
         byzantine_momentum=fl.byzantine_momentum,
+        dropout_seeds=dropout_seeds(cfg, trainer),
         privacy=privacy,
         compression=compression,
     )

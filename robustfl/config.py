@@ -46,6 +46,8 @@ class FLConfig:
     momentum: float = 0.0
     dampening: float = 0.0
     byzantine_momentum: bool = True
+    dropout_masks: str = "independent"  # independent | shared (one draw for every client)
+    dropout_period: int = 1  # rounds one draw of the dropout seeds lasts
     weight_decay: float = 0.0
     server_lr: float = 1.0
     server_momentum: float = 0.0
@@ -144,6 +146,16 @@ def validate(cfg: DictConfig) -> None:
         f"fl.sampling={fl.sampling!r} is invalid: use 'fixed' (exactly fl.clients_per_round "
         "clients a round), 'poisson' (each client with probability clients_per_round / "
         "num_clients) or 'auto' (poisson under privacy=central, else fixed).",
+    )
+    _require(
+        fl.dropout_masks in ("independent", "shared"),
+        f"fl.dropout_masks={fl.dropout_masks!r} is invalid: use 'independent' (each client "
+        "its own masks) or 'shared' (every client the same masks, as Karimireddy et al.'s code).",
+    )
+    _require(
+        fl.dropout_period >= 1,
+        f"fl.dropout_period={fl.dropout_period} is invalid: it must be an integer >= 1 (the "
+        "rounds one draw of dropout masks lasts).",
     )
     for key in ("lr", "server_lr"):
         _require(fl[key] > 0, f"fl.{key}={fl[key]} is invalid: it must be > 0.")

@@ -23,8 +23,16 @@ from robustfl.compression import Compression
 from robustfl.contracts import Attack, Defense, RoundContext, overrides
 from robustfl.errors import ConfigError
 from robustfl.privacy import Privacy
+from robustfl.seeding import torch_generator
 from robustfl.server import ServerOptimizer
-from robustfl.training import ClientData, LocalTrainer, ParamLayout, evaluate, sample_batch_indices
+from robustfl.training import (
+    ClientData,
+    DropoutMasks,
+    LocalTrainer,
+    ParamLayout,
+    evaluate,
+    sample_batch_indices,
+)
 
 
 @dataclass
@@ -82,6 +90,46 @@ class Evaluation:
         return metrics
 
 
+@dataclass(frozen=True)
+class DropoutSeeds:
+    """How the clients' dropout seeds (:class:`~robustfl.training.DropoutMasks`) are drawn.
+
+    The default, ``shared=False, period=1``, gives every client its own seed every round from
+    the run's ``"dropout"`` stream. ``shared`` gives every client the same seed (the same masks,
+    step by step); ``period = k`` keeps one draw for ``k`` rounds. Karimireddy et al.'s code
+    (``codes/simulator.py``: every worker computes its gradient from the same restored global
+    RNG state, which only the evaluation, once per 30-iteration epoch, advances) amounts to
+    ``shared=True, period=30``. With ``period > 1`` the draw of round ``r`` depends only on the
+    run's seed and ``r // period``, so a resumed run continues it.
+    """
+
+    shared: bool = False
+    period: int = 1
+    seed: int = 0
+
+    @property
+    def per_round(self) -> bool:
+        """Whether the seeds are drawn every round from the run's stream (the default)."""
+        return not self.shared and self.period == 1
+
+    def draw(
+        self,
+        masks: DropoutMasks,
+        clients: Tensor,
+        num_clients: int,
+        round_index: int,
+        stream: torch.Generator,
+    ) -> Tensor | None:
+        """The seeds ``(len(clients),)`` of ``clients`` in round ``round_index``, or ``None`` for
+        a model without dropout."""
+        if not masks or self.per_round:
+            return masks.seeds(len(clients), stream)
+        generator = torch_generator(self.seed, f"dropout/{round_index // self.period}")
+        if self.shared:
+            return masks.seeds(1, generator).expand(len(clients))
+        return masks.seeds(num_clients, generator)[clients.cpu()]
+
+
 @dataclass
 class Simulation:
     """A run's objects (:func:`robustfl.build.build`) and its state between rounds."""
@@ -104,6 +152,7 @@ class Simulation:
     data_notes: list[str] = field(default_factory=list)
     updates: Tensor | None = None  # the (n, d) update matrix, reused every round
     byzantine_momentum: bool = True  # False: Byzantine clients' buffers restart every round
+    dropout_seeds: DropoutSeeds = field(default_factory=DropoutSeeds)
     privacy: Privacy = field(default_factory=Privacy)
     compression: Compression = field(default_factory=Compression)
 
@@ -157,8 +206,9 @@ def server_update(sim: Simulation) -> Tensor:
     )[0]
 
 
-def train_clients(sim: Simulation, clients: Tensor) -> Tensor:
-    """The ``(n, d)`` updates of ``clients``, with their momentum carried across rounds."""
+def train_clients(sim: Simulation, clients: Tensor, round_index: int) -> Tensor:
+    """The ``(n, d)`` updates of ``clients`` in round ``round_index``, with their momentum
+    carried across rounds."""
     batches = sample_batch_indices(
         sim.data, clients, sim.local_steps, sim.batch_size, sim.streams["batches"]
     )
@@ -171,7 +221,13 @@ def train_clients(sim: Simulation, clients: Tensor) -> Tensor:
         momentum = momentum.index_select(0, rows)  # gathered, scattered back below
     if sim.updates is None or len(sim.updates) != len(clients):
         sim.updates = torch.empty(len(clients), sim.trainer.layout.d, device=sim.device)
-    seeds = sim.trainer.dropout.seeds(len(clients), sim.streams["dropout"])
+    seeds = sim.dropout_seeds.draw(
+        sim.trainer.dropout,
+        clients,
+        sim.federation.num_clients,
+        round_index,
+        sim.streams["dropout"],
+    )
     updates = sim.trainer.train(
         sim.global_params, sim.data.x, sim.data.y, batches, momentum, sim.updates, seeds
     )
@@ -269,7 +325,7 @@ def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResul
             return skipped_round(clients, reason)
 
     with watch("train_s"):
-        updates = train_clients(sim, clients)
+        updates = train_clients(sim, clients, round_index)
     # Byzantine clients that attack apply no mechanism that limits them; under attack=none
     # they behave honestly, privacy included
     attacking = overrides(sim.attack, Attack, "poison_data") or overrides(

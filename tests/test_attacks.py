@@ -538,3 +538,24 @@ def test_a_backdoor_that_would_stamp_nothing_is_an_error():
     attack.bind(10, (1, 8, 8), 1.0)
     with pytest.raises(ConfigError, match="attack.fraction"):
         attack.poison_data(torch.zeros(20, 1, 8, 8), torch.zeros(20, dtype=torch.long), None)
+
+
+def test_mimic_start_seed_starts_the_direction_as_the_authors_code():
+    """``start_seed=0``: round 0's direction is one power step from
+    ``torch.randn(d, generator=torch.Generator().manual_seed(0))`` whatever the run's stream
+    (the authors' ``_init_callback``); two runs with other attack streams pick the same row."""
+    honest, byz = matrices(seed=31, h=8, f=3, d=6)
+    start = torch.randn(6, generator=torch.Generator().manual_seed(0))
+    mu = honest.mean(0)
+    expected = sum(float((g - mu) @ start) * (g - mu) for g in honest)
+    expected = expected / torch.linalg.vector_norm(expected)
+    directions = []
+    for stream_seed in (4, 5):
+        attack = Mimic(start_seed=0)
+        attack.poison_gradients(honest, byz, context(11, 3, seed=stream_seed))
+        directions.append(attack.direction)
+        torch.testing.assert_close(attack.direction, expected, rtol=1e-5, atol=1e-6)
+    unseeded = [Mimic(), Mimic()]
+    for attack, stream_seed in zip(unseeded, (4, 5), strict=True):
+        attack.poison_gradients(honest, byz, context(11, 3, seed=stream_seed))
+    assert not torch.allclose(unseeded[0].direction, unseeded[1].direction)

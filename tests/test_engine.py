@@ -9,6 +9,7 @@ from robustfl.api import compose_config, run_experiment
 from robustfl.build import build
 from robustfl.contracts import Defense
 from robustfl.engine import RoundResult, Stopwatch, run_round
+from robustfl.errors import ConfigError
 from robustfl.results import read_metrics
 from robustfl.run import divergence_reason
 from robustfl.server import ServerOptimizer
@@ -263,3 +264,70 @@ def test_a_rule_returning_nan_is_told_apart_from_training_that_diverged(tmp_path
     assert divergence_reason(step, "Mean", 3) == (
         "training diverged: the global model became non-finite in round 3"
     )
+
+
+def dropout_seeds_by_round(overrides: list[str], rounds: int) -> list[torch.Tensor]:
+    """The clients' dropout seeds of each round, as the engine hands them to the trainer."""
+    sim = build(compose_config([*FAST, "model=karimireddy_cnn", "threads=1", *overrides]))
+    seen = []
+    train = sim.trainer.train
+
+    def recording_train(*args, **kwargs):
+        seen.append(args[6].clone())
+        return train(*args, **kwargs)
+
+    sim.trainer.train = recording_train
+    for round_index in range(rounds):
+        run_round(sim, round_index, Stopwatch({}))
+    return seen
+
+
+def test_shared_dropout_masks_give_every_client_one_seed_that_lasts_the_period():
+    """``fl.dropout_masks=shared fl.dropout_period=3`` (Karimireddy et al.'s code shares one
+    RNG state among the workers for an epoch): one seed for every client, the same in rounds
+    0 to 2, another from round 3; the default draws distinct seeds every round."""
+    default = dropout_seeds_by_round([], 4)
+    assert all(len(set(seeds.tolist())) == len(seeds) for seeds in default)
+    assert len({tuple(seeds.tolist()) for seeds in default}) == 4
+    shared = dropout_seeds_by_round(["fl.dropout_masks=shared", "fl.dropout_period=3"], 4)
+    assert all(len(set(seeds.tolist())) == 1 for seeds in shared)
+    assert [int(seeds[0]) for seeds in shared[:3]] == [int(shared[0][0])] * 3
+    assert int(shared[3][0]) != int(shared[0][0])
+    held = dropout_seeds_by_round(["fl.dropout_period=2"], 3)
+    assert torch.equal(held[0], held[1]) and not torch.equal(held[1], held[2])
+    assert len(set(held[0].tolist())) == len(held[0])
+
+
+def test_shared_dropout_masks_train_as_the_loop_with_one_seed():
+    """The engine's rows with shared masks equal the per-client reference loop given one seed
+    for every client; a model without dropout refuses the option."""
+    from robustfl.models import karimireddy_cnn
+    from robustfl.reference import train_clients_loop
+    from robustfl.training import sample_batch_indices
+
+    overrides = [*FAST, "model=karimireddy_cnn", "threads=1", "fl.dropout_masks=shared"]
+    sim = build(compose_config([*overrides, "attack=none"]))
+    start = sim.global_params.clone()
+    batches_state = sim.streams["batches"].get_state()
+    run_round(sim, 0, Stopwatch({}))
+    clients = torch.arange(10)
+    sim.streams["batches"].set_state(batches_state)
+    batches = sample_batch_indices(
+        sim.data, clients, sim.local_steps, sim.batch_size, sim.streams["batches"]
+    )
+    seeds = sim.dropout_seeds.draw(sim.trainer.dropout, clients, 10, 0, sim.streams["dropout"])
+    assert len(set(seeds.tolist())) == 1
+    model = karimireddy_cnn(tuple(sim.data.x.shape[1:]), 10)
+    expected = train_clients_loop(
+        model,
+        sim.trainer.layout,
+        start,
+        sim.data.x,
+        sim.data.y,
+        batches,
+        sim.trainer.lr,
+        dropout_seeds=seeds,
+    )
+    torch.testing.assert_close(sim.updates, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="fl.dropout_masks=shared"):
+        build(compose_config([*FAST, "fl.dropout_masks=shared"]))
