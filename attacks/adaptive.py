@@ -186,6 +186,8 @@ class Adaptive(Attack):
         knowledge: ``omniscient`` (default) or ``local`` (see above).
     """
 
+    simulates_defense = True
+
     def __init__(
         self,
         shape: Shape = "alie",

@@ -55,6 +55,7 @@ class Backdoor(Attack):
     """
 
     targeted = True
+    row_wise = True  # its rows scale each client's own poisoned update
 
     def __init__(
         self,

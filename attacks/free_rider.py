@@ -9,6 +9,8 @@ from robustfl.contracts import Attack, RoundContext
 class FreeRider(Attack):
     """Every Byzantine client sends a zero update (as if it did no training at all)."""
 
+    row_wise = True
+
     def __init__(self, knowledge: str = "local") -> None:
         super().__init__(knowledge)
 

@@ -28,6 +28,7 @@ class Gaussian(Attack):
         if center not in ("zero", "mean"):
             raise ConfigError(f"attack.center={center!r} is invalid: use 'zero' or 'mean'.")
         self.std, self.center = std, center
+        self.row_wise = center == "zero"  # around the mean it reads the other rows
 
     def poison_gradients(self, honest: Tensor, byzantine: Tensor, ctx: RoundContext) -> Tensor:
         noise = torch.randn(byzantine.shape, generator=ctx.generator).to(byzantine)

@@ -13,6 +13,8 @@ class SignFlip(Attack):
     Needs no knowledge of the honest clients (``knowledge`` is ``local``).
     """
 
+    row_wise = True
+
     def __init__(self, scale: float = 1.0, knowledge: str = "local") -> None:
         super().__init__(knowledge)
         if scale <= 0:

@@ -101,6 +101,12 @@ class Attack:
     #: logged as ``asr``; for an untargeted one that set measures the clean model's trigger
     #: rate (``trigger_rate``), the baseline a backdoor's success is read against.
     targeted = False
+    #: Each crafted row is a function of that client's own honest row (and of random draws)
+    #: alone, never of other rows: the attack can run inside the Byzantine client itself, as
+    #: ``robustfl.flower`` runs it.
+    row_wise = False
+    #: The attack runs copies of the round's defense (``ctx.defense``) to choose its rows.
+    simulates_defense = False
 
     def __init__(self, knowledge: Knowledge = "omniscient") -> None:
         if knowledge not in ("omniscient", "local"):

@@ -206,12 +206,30 @@ def server_update(sim: Simulation) -> Tensor:
     )[0]
 
 
-def train_clients(sim: Simulation, clients: Tensor, round_index: int) -> Tensor:
-    """The ``(n, d)`` updates of ``clients`` in round ``round_index``, with their momentum
-    carried across rounds."""
+def training_plan(
+    sim: Simulation, clients: Tensor, round_index: int
+) -> tuple[Tensor, Tensor | None]:
+    """The random draws of round ``round_index``'s local training: the minibatch indices
+    ``(n, steps, B)`` of ``clients (n,)`` into ``sim.data`` and their dropout seeds ``(n,)``
+    (``None`` for a model without dropout). Drawn for all participants at once, from the
+    run's ``"batches"`` and ``"dropout"`` streams."""
     batches = sample_batch_indices(
         sim.data, clients, sim.local_steps, sim.batch_size, sim.streams["batches"]
     )
+    seeds = sim.dropout_seeds.draw(
+        sim.trainer.dropout,
+        clients,
+        sim.federation.num_clients,
+        round_index,
+        sim.streams["dropout"],
+    )
+    return batches, seeds
+
+
+def train_clients(sim: Simulation, clients: Tensor, round_index: int) -> Tensor:
+    """The ``(n, d)`` updates of ``clients`` in round ``round_index``, with their momentum
+    carried across rounds."""
+    batches, seeds = training_plan(sim, clients, round_index)
     rows = clients.to(sim.device)
     everyone = len(clients) == sim.federation.num_clients
     momentum = sim.client_momentum
@@ -221,13 +239,6 @@ def train_clients(sim: Simulation, clients: Tensor, round_index: int) -> Tensor:
         momentum = momentum.index_select(0, rows)  # gathered, scattered back below
     if sim.updates is None or len(sim.updates) != len(clients):
         sim.updates = torch.empty(len(clients), sim.trainer.layout.d, device=sim.device)
-    seeds = sim.dropout_seeds.draw(
-        sim.trainer.dropout,
-        clients,
-        sim.federation.num_clients,
-        round_index,
-        sim.streams["dropout"],
-    )
     updates = sim.trainer.train(
         sim.global_params, sim.data.x, sim.data.y, batches, momentum, sim.updates, seeds
     )

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-SETTING = ["dataset", "partition", "partition_param", "n", "f", "privacy", "compression"]
+SETTING = ["dataset", "partition", "partition_param", "n", "f", "privacy", "compression", "engine"]
 CLEAN_ATTACK = "none"
 RANK_BY = ("robust", "accuracy", "asr")
 #: Fewer seeds than this make a 95% interval too wide to decide anything.

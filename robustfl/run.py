@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -192,7 +193,23 @@ def restore(sim: Simulation, saved: dict[str, Any]) -> RunState:
     return RunState(**saved["run"])
 
 
-def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) -> dict[str, Any]:
+#: Runs the rounds of a built simulation: ``runner(sim)(round_index, watch) -> RoundResult``.
+Rounds = Callable[[Simulation], Callable[[int, Stopwatch], RoundResult]]
+
+
+def engine_rounds(sim: Simulation) -> Callable[[int, Stopwatch], RoundResult]:
+    """This project's engine: :func:`robustfl.engine.run_round` on ``sim``."""
+    return lambda round_index, watch: run_round(sim, round_index, watch)
+
+
+def run(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    tracker: Tracker | None = None,
+    runner: Rounds = engine_rounds,
+    engine: str = "robustfl",
+    resumable: bool = True,
+) -> dict[str, Any]:
     """Run one experiment; write ``metrics.jsonl``, ``summary.json`` and ``checkpoint.pt`` into
     ``run_dir``; return the summary.
 
@@ -200,6 +217,11 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
     continues from its checkpoint, ending with the metrics an uninterrupted run would have. A
     run whose model becomes non-finite stops with status ``"diverged"`` and keeps its metrics;
     user errors raise before any training.
+
+    ``runner`` runs the rounds (this project's engine by default; ``robustfl.flower`` passes
+    Flower's) and ``engine`` names it in the summary. With ``resumable=False`` (state that the
+    checkpoint does not hold, such as momentum kept by Flower's clients) an unfinished run
+    starts again from round 0.
     """
     started = time.perf_counter()
     run_dir = Path(run_dir)
@@ -213,6 +235,11 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
     sim = build(cfg)
     state = RunState()
     saved = load_checkpoint(run_dir) if cfg.resume else None
+    if saved is not None and not resumable:
+        log.warning(
+            "%s: the %s engine cannot resume mid-run; starting from round 1", run_dir, engine
+        )
+        saved = None
     if saved is not None and saved.get("config_hash") == digest and "streams" in saved:
         state = restore(sim, saved)
         log.info("resuming %s at round %d", run_dir, state.next_round + 1)
@@ -228,9 +255,10 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
     rounds, every = cfg.fl.rounds, cfg.fl.eval_every
     policy = CheckpointPolicy(cfg.checkpoint_every, cfg.checkpoint_seconds)
     progress = _progress(cfg, state.next_round)
+    run_one = runner(sim)
     try:
         for r in range(state.next_round, rounds):
-            result = run_round(sim, r, watch)
+            result = run_one(r, watch)
             state.next_round = r + 1
             state.add(result)
             if not result.finite or (r + 1) % every == 0 or r + 1 == rounds:
@@ -274,7 +302,7 @@ def run(cfg: DictConfig, run_dir: str | Path, tracker: Tracker | None = None) ->
     state.timers["total_s"] = time.perf_counter() - offset
     if policy.enabled:
         save_checkpoint(run_dir, checkpoint_state(sim, state, digest))
-    summary = _summary(cfg, sim, digest, state)
+    summary = {**_summary(cfg, sim, digest, state), "engine": engine}
     write_json_atomic(run_dir / SUMMARY_FILE, summary)
     tracker.finish(summary, state.history)
     return summary

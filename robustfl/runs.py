@@ -38,6 +38,7 @@ COLUMNS = [
     "f",
     "privacy",
     "compression",
+    "engine",
     "seed",
     "final_accuracy",
     "last5_accuracy",
@@ -181,6 +182,8 @@ def run_row(folder: Path) -> dict[str, Any]:
         "worst_robustness_error": summary.get("worst_robustness_error"),
         "byzantine_selected_share": summary.get("byzantine_selected_share"),
         "model": summary.get("model") or config.get("model", {}).get("name"),
+        # runs of another engine (Flower's) form settings of their own; this project's: "-"
+        "engine": None if summary.get("engine", "robustfl") == "robustfl" else summary["engine"],
         "status": status,
         "reason": summary.get("reason"),
         "run_dir": str(folder),
