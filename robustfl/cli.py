@@ -13,6 +13,7 @@ import math
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,17 +51,25 @@ def _result_line(summary: dict[str, Any], run_dir: Path) -> str:
     return text
 
 
-def execute(cfg: DictConfig, run_dir: Path, multirun: bool, group: str | None = None) -> dict:
-    """Run one job and record its outcome whatever happens; see the module docstring."""
+def execute(
+    cfg: DictConfig,
+    run_dir: Path,
+    multirun: bool,
+    group: str | None = None,
+    run_job: Callable[[DictConfig, Path, WandbTracker], dict] = run,
+    command: str = "robustfl",
+) -> dict:
+    """Run one job with ``run_job`` (this project's engine by default) and record its outcome
+    whatever happens; see the module docstring."""
     started = time.perf_counter()
     tracker = WandbTracker(cfg.tracker, group=group)
     try:
-        summary = run(cfg, run_dir, tracker)
+        summary = run_job(cfg, run_dir, tracker)
     except (ConfigError, DataError) as error:
         summary = failed_summary(cfg, str(error), started)
         _record_failure(summary, run_dir, tracker)
         if not multirun:
-            print(f"robustfl: error: {error}", file=sys.stderr, flush=True)
+            print(f"{command}: error: {error}", file=sys.stderr, flush=True)
             raise SystemExit(2) from None
     except Exception as error:
         summary = failed_summary(cfg, f"{type(error).__name__}: {error}", started)

@@ -28,6 +28,9 @@ def setting_label(row: Any) -> str:
         value = getattr(row, channel, "-")
         if value not in ("-", "none", None):
             label += f", {channel} {value}"
+    engine = getattr(row, "engine", "-")
+    if engine not in ("-", None):
+        label += f", {engine}"
     return label
 
 

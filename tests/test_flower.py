@@ -1,0 +1,329 @@
+# ruff: noqa: E402
+"""robustfl.flower: the strategy, the attack wrapper, and runs through Flower's engines.
+
+Needs the ``flower`` extra (``pip install -e '.[flower]'``); skipped without it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST
+
+flwr = pytest.importorskip("flwr", reason="the flower extra is not installed")
+
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+from flwr.supercore.task_identity import TaskIdentity
+
+from attacks.adaptive import Adaptive
+from attacks.alie import ALIE
+from attacks.gaussian import Gaussian
+from attacks.label_flip import LabelFlip
+from defenses.krum import Krum
+from defenses.mean import Mean
+from defenses.median import Median
+from defenses.pipeline import Pipeline
+from robustfl.api import compose_config, run_experiment
+from robustfl.build import build, build_attack
+from robustfl.engine import Stopwatch, run_round
+from robustfl.errors import ConfigError
+from robustfl.flower import AttackInjection, RobustStrategy, attack_placement
+from robustfl.flower.app import check_supported
+
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+@pytest.fixture(autouse=True)
+def task_identity():
+    """Messages made outside a Flower run need the identity of a (fake) run and node."""
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def record(weights: np.ndarray) -> ArrayRecord:
+    """Weights ``(d,)`` as an ArrayRecord of two arrays (a (2, k) matrix and the rest)."""
+    weights = np.asarray(weights, np.float32)
+    k = len(weights) // 3
+    return ArrayRecord(
+        {"w": Array(weights[: 2 * k].reshape(2, k).copy()), "b": Array(weights[2 * k :].copy())}
+    )
+
+
+def replies(sent: np.ndarray, updates: np.ndarray, ids: list[int]) -> list[Message]:
+    """Replies of clients ``ids`` (node id = 100 + client id) whose weights are ``sent``
+    plus their rows of ``updates``."""
+    out = []
+    for client, update in zip(ids, updates, strict=True):
+        ask = Message(RecordDict(), dst_node_id=100 + client, message_type=MessageType.TRAIN)
+        content = RecordDict(
+            {
+                "arrays": record(sent + update),
+                "metrics": MetricRecord({"num-examples": 10, "client-id": client}),
+            }
+        )
+        out.append(Message(content, reply_to=ask))
+    return out
+
+
+class FakeGrid:
+    """The part of a Grid that strategies use to sample nodes."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes = nodes
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.nodes)
+
+
+def run_strategy(strategy, sent: np.ndarray, rows: list[Message], server_round: int = 1):
+    """configure_train to the replies' nodes, then aggregate_train: the new weights ``(d,)``
+    and the train metrics."""
+    nodes = [int(r.metadata.src_node_id) for r in rows]
+    messages = strategy.configure_train(server_round, record(sent), ConfigRecord(), FakeGrid(nodes))
+    assert sorted(m.metadata.dst_node_id for m in messages) == sorted(nodes)
+    arrays, metrics = strategy.aggregate_train(server_round, rows)
+    flat = np.concatenate([a.ravel() for a in arrays.to_numpy_ndarrays()])
+    return flat, metrics
+
+
+def test_robust_strategy_steps_from_the_sent_weights_with_the_rules_aggregate():
+    """New weights = sent + server_lr * median(replies - sent), whatever the reply order; the
+    mean with server_lr = 1 is FedAvg with equal weights."""
+    gen = np.random.default_rng(0)
+    sent = gen.normal(size=9).astype(np.float32)
+    updates = gen.normal(size=(5, 9)).astype(np.float32)
+    got, _ = run_strategy(
+        RobustStrategy(Median(), server_lr=0.5), sent, replies(sent, updates, [0, 1, 2, 3, 4])
+    )
+    received = np.stack([(sent + u) - sent for u in updates])  # what float32 replies carry
+    np.testing.assert_allclose(
+        got, sent + 0.5 * np.median(received, axis=0), rtol=0, atol=4 * EPS32
+    )
+    shuffled, _ = run_strategy(
+        RobustStrategy(Median(), server_lr=0.5), sent, replies(sent, updates[::-1], [4, 3, 2, 1, 0])
+    )
+    np.testing.assert_array_equal(got, shuffled)
+    fedavg, _ = run_strategy(RobustStrategy(Mean()), sent, replies(sent, updates, [0, 1, 2, 3, 4]))
+    np.testing.assert_allclose(fedavg, np.mean(sent + updates, axis=0), rtol=0, atol=8 * EPS32)
+
+
+def test_krum_strategy_picks_the_float64_choice_on_late_training_updates_and_logs_it():
+    """Rows with a large common offset and a tiny spread (late training), one of them far
+    from the others: the strategy's Krum keeps the row a float64 computation picks, and
+    reports its client id as ``robustfl-kept``."""
+    gen = np.random.default_rng(3)
+    n, f, d = 9, 2, 60
+    offset = 50.0 * np.ones(d)
+    updates = offset + 1e-3 * gen.normal(size=(n, d))
+    updates[4] += 2e-2  # the outlier
+    updates = updates.astype(np.float32)
+    sent = np.zeros(d, np.float32)
+    ids = [10, 11, 12, 13, 14, 15, 16, 17, 18]
+    got, metrics = run_strategy(RobustStrategy(Krum(f=f)), sent, replies(sent, updates, ids))
+    x = updates.astype(np.float64)
+    dist = ((x[:, None] - x[None]) ** 2).sum(-1)
+    scores = [np.sort(np.delete(dist[i], i))[: n - f - 2].sum() for i in range(n)]
+    best = int(np.argmin(scores))
+    np.testing.assert_array_equal(got, updates[best])
+    assert list(metrics["robustfl-kept"]) == [ids[best]]
+
+
+def test_the_strategy_composes_under_flowers_server_side_dp_clipping():
+    """Under ``DifferentialPrivacyServerSideFixedClipping`` (noise 0 here) the rule sees the
+    clipped updates: the result is the median of the clipped rows."""
+    gen = np.random.default_rng(5)
+    sent = gen.normal(size=12).astype(np.float32)
+    updates = (gen.normal(size=(5, 12)) * np.array([[0.1], [3.0], [0.5], [8.0], [1.0]])).astype(
+        np.float32
+    )
+    wrapped = DifferentialPrivacyServerSideFixedClipping(
+        RobustStrategy(Median()), noise_multiplier=0.0, clipping_norm=1.0, num_sampled_clients=5
+    )
+    got, _ = run_strategy(wrapped, sent, replies(sent, updates, [0, 1, 2, 3, 4]))
+    norms = np.linalg.norm(updates, axis=1, keepdims=True)
+    clipped = updates * np.minimum(1.0, 1.0 / norms)
+    np.testing.assert_allclose(got, sent + np.median(clipped, axis=0), rtol=0, atol=1e-5)
+    unclipped, _ = run_strategy(
+        RobustStrategy(Median()), sent, replies(sent, updates, [0, 1, 2, 3, 4])
+    )
+    assert np.abs(unclipped - got).max() > 0.1  # the clipping acted
+
+
+def test_attack_injection_replaces_the_byzantine_replies_by_alie_rows():
+    """Clients 3 and 4 are Byzantine: the rule receives the honest rows and two copies of
+    ``mu - z sigma`` of the honest pseudo-gradients (minus the updates)."""
+    gen = np.random.default_rng(7)
+    sent = gen.normal(size=15).astype(np.float32)
+    updates = gen.normal(size=(7, 15)).astype(np.float32)
+    inner = RobustStrategy(Mean())
+    strategy = AttackInjection(inner, ALIE(z=1.0), byzantine=[3, 4])
+    got, _ = run_strategy(strategy, sent, replies(sent, updates, list(range(7))))
+    honest = -updates[[0, 1, 2, 5, 6]].astype(np.float64)
+    crafted = honest.mean(0) - honest.std(0, ddof=1)
+    expected = np.concatenate([updates[[0, 1, 2, 5, 6]], -np.stack([crafted, crafted])]).mean(0)
+    np.testing.assert_allclose(got - sent, expected, rtol=0, atol=1e-5)
+    torch.testing.assert_close(
+        inner.last.updates[3], torch.tensor(-crafted, dtype=torch.float32), rtol=0, atol=1e-5
+    )
+
+
+def test_attack_injection_refuses_what_it_cannot_honour():
+    with pytest.raises(ConfigError, match="client app"):
+        AttackInjection(RobustStrategy(Mean()), LabelFlip(), byzantine=[0])
+    from flwr.serverapp.strategy import FedAvg
+
+    with pytest.raises(ConfigError, match="simulates the server's rule"):
+        AttackInjection(FedAvg(), Adaptive(), byzantine=[0])
+    sent = np.zeros(6, np.float32)
+    strategy = AttackInjection(RobustStrategy(Mean()), ALIE(z=1.0), byzantine=[0, 1])
+    with pytest.raises(ConfigError, match="every reply came from a Byzantine client"):
+        run_strategy(strategy, sent, replies(sent, np.ones((2, 6), np.float32), [0, 1]))
+
+
+@pytest.mark.parametrize(
+    ("attack", "where"),
+    [
+        ("none", "none"),
+        ("label_flip", "client"),
+        ("backdoor", "client"),
+        ("sign_flip", "client"),
+        ("gaussian", "client"),
+        ("free_rider", "client"),
+        ("alie", "server"),
+        ("ipm", "server"),
+        ("mimic", "server"),
+        ("minmax", "server"),
+        ("adaptive", "server"),
+    ],
+)
+def test_attack_placement(attack, where):
+    assert attack_placement(build_attack(compose_config([f"attack={attack}"]).attack)) == where
+
+
+def test_gaussian_around_the_mean_reads_other_rows_so_it_runs_on_the_server():
+    assert attack_placement(Gaussian(center="mean")) == "server"
+
+
+def test_from_config_builds_the_rule_with_its_pre_aggregators_and_server_optimizer():
+    strategy = RobustStrategy.from_config(
+        ["defense=median", "pre=[bucketing]", "fl.server_lr=0.25"], fraction_train=0.5
+    )
+    assert isinstance(strategy.defense, Pipeline)
+    assert strategy.server_lr == 0.25 and strategy.fraction_train == 0.5
+
+
+@pytest.mark.parametrize("override", ["privacy=local", "compression=top_k"])
+def test_the_flower_path_refuses_the_channel_it_does_not_run(override):
+    with pytest.raises(ConfigError, match="not available on the Flower engine"):
+        check_supported(compose_config([*FAST, override]))
+
+
+# ---------------------------------------------------------------- Flower's simulation engine
+
+DIFFERENTIAL = {
+    "alie vs median": ["attack=alie", "defense=median"],
+    "centered clipping": ["attack=alie", "defense=centered_clipping"],
+    "bucketing": ["attack=alie", "defense=median", "pre=[bucketing]"],
+}
+BASE = [*FAST, "fl.clients_per_round=null", "fl.rounds=3", "fl.eval_every=1", "threads=1"]
+
+
+def engine_models(overrides: list[str]) -> list[torch.Tensor]:
+    sim = build(compose_config([*BASE, *overrides]))
+    models = []
+    for round_index in range(3):
+        run_round(sim, round_index, Stopwatch({}))
+        models.append(sim.global_params.clone())
+    return models
+
+
+@pytest.fixture(scope="module")
+def flower_models(tmp_path_factory):
+    """The global model after each round of every DIFFERENTIAL config, through Flower's
+    simulation engine (one simulation, the configs one after another)."""
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from robustfl.flower.app import client_app, serve
+
+    models: dict[str, list[torch.Tensor]] = {}
+    app = ServerApp()
+
+    @app.main()
+    def main(grid, context):
+        for name, overrides in DIFFERENTIAL.items():
+            models[name] = []
+            serve(
+                grid,
+                compose_config([*BASE, *overrides]),
+                str(tmp_path_factory.mktemp("flower")),
+                on_round=lambda sim, name=name: models[name].append(sim.global_params.clone()),
+            )
+
+    run_simulation(
+        app,
+        client_app,
+        num_supernodes=10,
+        backend_config={
+            "init_args": {"num_cpus": 2, "include_dashboard": False, "log_to_driver": False},
+            "client_resources": {"num_cpus": 1},
+        },
+    )
+    return models
+
+
+@pytest.mark.parametrize("name", list(DIFFERENTIAL))
+def test_flower_simulation_gives_the_engines_global_model_after_every_round(name, flower_models):
+    """Digits, 10 clients of which 2 Byzantine, full participation, 3 rounds: the Flower run
+    (clients training in Ray actors, ALIE injected on the server, the rule in RobustStrategy)
+    ends every round on the engine's model, up to the rounding of the weights the replies
+    carry (the server recovers ``u`` as ``(theta + u) - theta`` in float32: a few ulp of the
+    weights per round). Another seed moves the model by far more than that bound."""
+    engine = engine_models(DIFFERENTIAL[name])
+    flower = flower_models[name]
+    assert len(flower) == 3
+    for round_index, (a, b) in enumerate(zip(engine, flower, strict=True)):
+        bound = 8 * (round_index + 1) * EPS32 * float(a.abs().max())
+        assert float((a - b).abs().max()) <= bound, (name, round_index)
+    other = engine_models([*DIFFERENTIAL[name], "seed=1"])
+    assert float((other[0] - engine[0]).abs().max()) > 1e3 * 8 * EPS32 * float(
+        engine[0].abs().max()
+    )
+
+
+def test_robustfl_flower_writes_the_run_folder_the_report_reads(tmp_path):
+    """``run_on_flower`` (the command's job) writes metrics.jsonl and summary.json with the
+    engine named; its accuracies equal the engine's run; the report keeps the two engines in
+    separate settings."""
+    from robustfl.flower.cli import run_on_flower
+    from robustfl.runs import collect
+
+    overrides = [*BASE, "attack=sign_flip", "defense=krum", "fl.rounds=4", "fl.eval_every=2"]
+    summary = run_on_flower(compose_config(overrides), tmp_path / "flower")
+    reference = run_experiment(overrides, tmp_path / "engine")
+    assert summary["engine"] == "flower-simulation" and reference["engine"] == "robustfl"
+    assert summary["status"] == "completed"
+    assert math.isclose(summary["final"]["accuracy"], reference["final"]["accuracy"], abs_tol=1e-3)
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "flower" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [line["round"] for line in lines] == [2, 4]
+    assert all(line["byzantine_selected"] is not None for line in lines)  # Krum's kept rows
+    frame = collect([tmp_path]).frame
+    assert sorted(frame["engine"].fillna("-")) == ["-", "flower-simulation"]
