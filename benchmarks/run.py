@@ -9,6 +9,7 @@ Nothing is asserted about absolute time.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -90,13 +91,30 @@ def print_channel(rows: list[dict]) -> None:
         )
 
 
+def flower_installed() -> bool:
+    return importlib.util.find_spec("flwr") is not None
+
+
+def print_flower(rows: list[dict]) -> None:
+    print("\n## The same config on the engine and on Flower's simulation engine (rounds/s)")
+    print(
+        f"{'clients':>8}{'engine':>9}{'flower':>9}{'steady engine':>15}{'steady flower':>15}{'ratio':>7}"
+    )
+    for r in rows:
+        print(
+            f"{r['clients']:>8}{r['engine_rounds_per_s']:>9.2f}{r['flower_rounds_per_s']:>9.2f}"
+            f"{r['engine_steady_rounds_per_s']:>15.2f}{r['flower_steady_rounds_per_s']:>15.2f}"
+            f"{r['steady_ratio']:>6.1f}x"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument(
         "--only",
-        choices=["simulation", "aggregation", "attack", "channel", "sweep"],
+        choices=["simulation", "aggregation", "attack", "channel", "sweep", "flower"],
         default=None,
     )
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results.json"))
@@ -125,6 +143,11 @@ def main() -> None:
             f"\n## Demo grid with joblib: {s['runs']} runs ({s['completed']} completed) in "
             f"{s['wall_s']:.1f} s = {s['runs_per_minute']:.1f} runs/minute"
         )
+    if args.only in (None, "flower") and args.device == "cpu" and flower_installed():
+        from benchmarks import flower
+
+        results["flower"] = flower.run(args.quick)
+        print_flower(results["flower"])
     args.out.write_text(json.dumps(results, indent=2))
     print(f"\nwritten: {args.out}")
 

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,18 +129,20 @@ def test_robust_strategy_steps_from_the_sent_weights_with_the_rules_aggregate():
     np.testing.assert_allclose(fedavg, np.mean(sent + updates, axis=0), rtol=0, atol=8 * EPS32)
 
 
-def test_krum_strategy_picks_the_float64_choice_on_late_training_updates_and_logs_it():
-    """Rows with a large common offset and a tiny spread (late training), one of them far
-    from the others: the strategy's Krum keeps the row a float64 computation picks, and
-    reports its client id as ``robustfl-kept``."""
-    gen = np.random.default_rng(3)
-    n, f, d = 9, 2, 60
-    offset = 50.0 * np.ones(d)
-    updates = offset + 1e-3 * gen.normal(size=(n, d))
-    updates[4] += 2e-2  # the outlier
+@pytest.mark.parametrize("trial", range(10))
+def test_krum_strategy_picks_the_float64_choice_on_late_training_updates_and_logs_it(trial):
+    """Rows with a large common offset (1e3) and a tiny spread (1e-3), one of them moved by
+    3e-3 (late training): the strategy's Krum keeps the row a float64 computation picks, and
+    reports its client id as ``robustfl-kept``. (Flower's own ``Krum`` strategy, which sums
+    float32 squared distances without centring, picked another row in 8 of these 10 trials
+    on this machine.)"""
+    gen = np.random.default_rng(100 + trial)
+    n, f, d = 9, 2, 1000
+    updates = 1e3 + 1e-3 * gen.normal(size=(n, d))
+    updates[gen.integers(n)] += 3e-3 * gen.normal(size=d)
     updates = updates.astype(np.float32)
     sent = np.zeros(d, np.float32)
-    ids = [10, 11, 12, 13, 14, 15, 16, 17, 18]
+    ids = list(range(10, 10 + n))
     got, metrics = run_strategy(RobustStrategy(Krum(f=f)), sent, replies(sent, updates, ids))
     x = updates.astype(np.float64)
     dist = ((x[:, None] - x[None]) ** 2).sum(-1)
@@ -327,3 +336,135 @@ def test_robustfl_flower_writes_the_run_folder_the_report_reads(tmp_path):
     assert all(line["byzantine_selected"] is not None for line in lines)  # Krum's kept rows
     frame = collect([tmp_path]).frame
     assert sorted(frame["engine"].fillna("-")) == ["-", "flower-simulation"]
+
+
+# ---------------------------------------------------------------- Flower's deployment engine
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def test_a_run_on_flowers_deployment_engine_gives_the_engines_result(tmp_path):
+    """A SuperLink and 4 SuperNodes as separate processes on loopback (insecure mode), the
+    app of docs/flower-app run with ``flwr run``: ALIE against the median, 2 rounds. The run
+    folder it writes ends on the engine's accuracy and loss for the same overrides."""
+    bin_dir = Path(sys.executable).parent
+    home = tmp_path / "flwr_home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "FLWR_HOME": str(home),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",  # flower-superexec
+        "WANDB_MODE": "disabled",
+    }
+    port = free_port()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "test"\n\n[superlink.test]\naddress = "127.0.0.1:{port}"\n'
+        "insecure = true\n"
+    )
+    app = tmp_path / "app"
+    app.mkdir()
+    shutil.copy(Path(__file__).parents[1] / "docs" / "flower-app" / "pyproject.toml", app)
+    overrides = [
+        "fl.num_clients=4",
+        "fl.num_byzantine=1",
+        "fl.rounds=2",
+        "fl.eval_every=1",
+        "attack=alie",
+        "defense=median",
+        "progress=false",
+        "threads=1",
+        "tracker.mode=disabled",
+    ]
+    processes = []
+
+    def start(*command: str, log: str) -> None:
+        out = (tmp_path / log).open("w")
+        processes.append(
+            subprocess.Popen(command, env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+        )
+
+    try:
+        start(
+            str(bin_dir / "flower-superlink"),
+            "--insecure",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--disable-runtime-dependency-installation",
+            log="superlink.log",
+        )
+        wait_for_port(port)
+        for client in range(4):
+            start(
+                str(bin_dir / "flower-supernode"),
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{port}",
+                "--port",
+                str(free_port()),
+                "--node-config",
+                f"partition-id={client} num-partitions=4",
+                log=f"supernode{client}.log",
+            )
+        run_dir = tmp_path / "run"
+        config = f'overrides="{" ".join(overrides)}" run-dir="{run_dir}"'
+        done = subprocess.run(
+            [str(bin_dir / "flwr"), "run", str(app), "test", "--run-config", config, "--stream"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["engine"] == "flower-deployment" and summary["status"] == "completed"
+    reference = run_experiment(overrides, tmp_path / "engine")
+    assert math.isclose(summary["final"]["accuracy"], reference["final"]["accuracy"], abs_tol=1e-3)
+    assert math.isclose(summary["final"]["loss"], reference["final"]["loss"], rel_tol=1e-4)
+
+
+def test_the_docs_example_app_defends_against_alie(tmp_path):
+    """docs/flower.md's app, run as a user would: the median with bucketing under ALIE brings
+    the linear model's weights to the target 1 (within 0.05)."""
+    import re
+
+    text = (Path(__file__).parents[1] / "docs" / "flower.md").read_text()
+    body = re.search(r"<!-- file: flower_example.py -->\n```python\n(.*?)```", text, re.S)
+    (tmp_path / "flower_example.py").write_text(body.group(1))
+    done = subprocess.run(
+        [sys.executable, "flower_example.py"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("weights after 5 rounds:"))
+    weights = json.loads(line.split(":", 1)[1])
+    assert len(weights) == 5 and all(abs(w - 1) < 0.05 for w in weights)
