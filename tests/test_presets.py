@@ -54,6 +54,13 @@ def test_momentum_preset_follows_the_authors_code():
     assert model.name == "karimireddy_cnn"  # the preset sets no MLP-only keys
 
 
+@pytest.mark.parametrize("preset", ["bucketing_mimic", "bucketing_momentum"])
+def test_karimireddy_presets_score_krum_as_the_authors_code(preset):
+    defenses = sweep_params(preset)["defense"].split(",")
+    assert "krum_karimireddy" in defenses and "krum" not in defenses
+    assert compose_config(["defense=krum_karimireddy"]).defense.distance_power == 4
+
+
 def last5_accuracy(overrides: list[str], tmp_path) -> float:
     """The mean of the last 5 evaluations of one run (the bucketing paper's score)."""
     run_dir = tmp_path / "_".join(overrides[-2:]).replace("/", "")

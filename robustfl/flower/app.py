@@ -361,8 +361,9 @@ def deployment_main(grid: Grid, context: Context) -> None:
     """The deployment engine's server: the run config's ``overrides`` (robustfl's command-line
     overrides, space-separated) and ``run-dir``."""
     from robustfl.api import compose_config
+    from robustfl.tracking import WandbTracker
 
     overrides = str(context.run_config.get("overrides", "")).split()
     cfg = compose_config(overrides)
     run_dir = str(context.run_config.get("run-dir", "outputs/flower"))
-    serve(grid, cfg, run_dir, engine="flower-deployment")
+    serve(grid, cfg, run_dir, WandbTracker(cfg.tracker), engine="flower-deployment")

@@ -113,7 +113,12 @@ class AttackInjection(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        sent = self._sent.pop(server_round)
+        sent = self._sent.pop(server_round, None)
+        if sent is None:
+            raise RuntimeError(
+                f"aggregate_train(server_round={server_round}) without configure_train for that "
+                "round: AttackInjection crafts updates against the weights sent out."
+            )
         valid = [reply for reply in replies if not reply.has_error()]
         identities = client_identities(valid, self.client_key)
         order = sorted(range(len(valid)), key=identities.__getitem__)
