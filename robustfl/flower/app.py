@@ -156,6 +156,8 @@ def train(message: Message, context: Context) -> Message:
     node_client = context.node_config.get(PARTITION_KEY)
     if node_client is not None and int(node_client) != client:
         raise RuntimeError(f"node {PARTITION_KEY}={node_client} was sent client {client}'s work.")
+    if int(config.get("client-threads", 0)) > 0:  # a share of the node's cores (simulation)
+        torch.set_num_threads(int(config["client-threads"]))
     sent = message.content["arrays"]
     theta = flatten_arrays(sent)
     update = local_update(sim, client, theta, config, context.state)
@@ -205,7 +207,9 @@ class BenchmarkStrategy(RobustStrategy):
     server optimizer's state (all checkpointed with the run) and FLTrust's root set. Each
     round's messages go to the participants the server drew, each with its own draws."""
 
-    def __init__(self, sim: Simulation, cfg: DictConfig, nodes: dict[int, int]) -> None:
+    def __init__(
+        self, sim: Simulation, cfg: DictConfig, nodes: dict[int, int], client_threads: int = 0
+    ) -> None:
         super().__init__(
             sim.defense,
             seed=int(cfg.seed),
@@ -217,6 +221,7 @@ class BenchmarkStrategy(RobustStrategy):
         self.config = config_yaml(cfg)
         self.digest = hashlib.sha256(self.config.encode()).hexdigest()[:16]
         self.seed = int(cfg.seed)
+        self.client_threads = client_threads
         self.plan: tuple[Tensor, Tensor, Tensor | None] | None = None
 
     def train_messages(
@@ -236,6 +241,7 @@ class BenchmarkStrategy(RobustStrategy):
                     "participants": len(clients),
                     "byzantine": byzantine,
                     "batches": batches[row].flatten().tolist(),
+                    "client-threads": self.client_threads,
                 }
             )
             if seeds is not None:
@@ -261,11 +267,13 @@ def weights_record(sim: Simulation) -> ArrayRecord:
 class FlowerRounds:
     """The rounds of a run through a Flower grid (what :func:`robustfl.run.run` calls)."""
 
-    def __init__(self, grid: Grid, sim: Simulation, cfg: DictConfig, timeout: float) -> None:
+    def __init__(
+        self, grid: Grid, sim: Simulation, cfg: DictConfig, timeout: float, client_threads: int = 0
+    ) -> None:
         check_supported(cfg)
         self.grid, self.sim, self.timeout = grid, sim, timeout
         self.nodes = discover_clients(grid, sim.federation.num_clients, timeout)
-        self.rule = BenchmarkStrategy(sim, cfg, self.nodes)
+        self.rule = BenchmarkStrategy(sim, cfg, self.nodes, client_threads)
         self.strategy: RobustStrategy | AttackInjection = self.rule
         if attack_placement(sim.attack) == "server":
             self.strategy = AttackInjection(
@@ -334,12 +342,16 @@ def serve(
     engine: str = "flower-simulation",
     timeout: float = 600.0,
     on_round: Callable[[Simulation], None] | None = None,
+    client_threads: int = 0,
 ) -> dict[str, Any]:
-    """Run the experiment ``cfg`` through ``grid``; returns the run's summary."""
+    """Run the experiment ``cfg`` through ``grid``; returns the run's summary. ``on_round``
+    sees the simulation after every round; ``client_threads > 0`` sets the client apps'
+    torch threads when ``cfg.threads`` is 0 (their default)."""
     from robustfl.run import run
 
     def rounds(sim: Simulation):
-        flower = FlowerRounds(grid, sim, cfg, timeout)
+        threads = int(cfg.threads) or client_threads
+        flower = FlowerRounds(grid, sim, cfg, timeout, threads)
         if on_round is None:
             return flower
 

@@ -5,8 +5,8 @@ by Flower's simulation engine (one virtual SuperNode per client, Ray actors trai
     robustfl-flower -m defense=median,krum seed=0,1,2
 
 Optional settings (prefix them with ``+`` on the command line; they are not part of robustfl's
-config): ``+flower.client_cpus=1`` (CPU cores per client app; ``fl.num_clients`` nodes share
-the machine's), ``+flower.backend_cpus`` (cores Ray may use; default: all),
+config): ``+flower.client_cpus=1`` (CPU cores per client app, and its torch threads unless
+``threads`` is set; ``fl.num_clients`` nodes share the machine's), ``+flower.backend_cpus`` (cores Ray may use; default: all),
 ``+flower.timeout=600`` (seconds to wait for a round's replies).
 """
 
@@ -50,13 +50,17 @@ def run_on_flower(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> 
     fill_option_names(cfg)
     if cfg.resume and (done := finished_summary(Path(run_dir), config_hash(to_container(cfg)))):
         return done
-    timeout = float((cfg.get("flower") or {}).get("timeout", 600.0))
+    flower = cfg.get("flower") or {}
+    timeout = float(flower.get("timeout", 600.0))
+    client_threads = max(1, math.floor(float(flower.get("client_cpus", 1))))
     outcome: dict[str, Any] = {}
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Any) -> None:
-        outcome["summary"] = serve(grid, cfg, str(run_dir), tracker, timeout=timeout)
+        outcome["summary"] = serve(
+            grid, cfg, str(run_dir), tracker, timeout=timeout, client_threads=client_threads
+        )
 
     run_simulation(
         server_app=app,
