@@ -27,6 +27,7 @@ import argparse
 import html
 import json
 import math
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -263,9 +264,12 @@ def _problems_section(problems: pd.DataFrame, warnings: list[str]) -> list[str]:
 
 def write_report(roots: list[Path], out: Path, rank_by: str = "robust") -> Path:
     """Write results.csv, problems.csv, leaderboard.csv, cells.csv and report.html into
-    ``out``; return the HTML path."""
+    ``out``; return the HTML path. Warnings about what the statistics pool or split are
+    printed to stderr and shown on the page."""
     out.mkdir(parents=True, exist_ok=True)
     collected = collect(roots)
+    for warning in collected.warnings:
+        print(f"robustfl-report: warning: {warning}", file=sys.stderr)
     frame = collected.frame
     frame.to_csv(out / "results.csv", index=False)
     collected.problems.to_csv(out / "problems.csv", index=False)

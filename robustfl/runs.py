@@ -216,6 +216,25 @@ def split_shared_labels(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return frame, warnings
 
 
+def repeated_seeds(frame: pd.DataFrame) -> list[str]:
+    """One warning per (setting, attack, defense, seed) held by more than one run folder: the
+    statistics average such runs as one seed (a rerun with other rounds, or the same folder
+    copied twice), which the reader should know."""
+    keyed = fill_settings(frame)
+    warnings = []
+    for key, part in keyed.groupby([*SETTING, "attack", "defense", "seed"], dropna=False):
+        if len(part) < 2:
+            continue
+        *setting, attack, defense, seed = key
+        where = ", ".join(str(v) for v in setting if v not in ("-", None))
+        warnings.append(
+            f"{len(part)} runs of {attack} vs {defense}, seed {seed} ({where}) are averaged as "
+            f"one seed: {', '.join(sorted(part['run_dir']))}; remove or move the ones that "
+            "should not count."
+        )
+    return warnings
+
+
 def collect(roots: list[Path]) -> Collected:
     """Every run folder below ``roots``: the runs that count, and the folders left out."""
     rows, problems = [], []
@@ -228,4 +247,5 @@ def collect(roots: list[Path]) -> Collected:
     for column in ("attack", "defense", "dataset", "partition"):
         frame[column] = frame[column].fillna("unknown").astype(str)
     frame, warnings = split_shared_labels(frame)
+    warnings += repeated_seeds(frame)
     return Collected(frame, pd.DataFrame(problems, columns=["run_dir", "problem"]), warnings)

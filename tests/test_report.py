@@ -302,3 +302,21 @@ def test_the_printed_ranking_counts_the_backdoor_and_coverage(runs, tmp_path, ca
     assert board.loc["median", "worst"] == pytest.approx(min(robust, sign_flip))
     clean = median[median["attack"] == "none"].iloc[0]
     assert 0 <= clean["trigger_rate"] <= 1  # the clean model's trigger rate, for reference
+
+
+def test_two_runs_of_one_seed_are_flagged_not_silently_pooled(runs, tmp_path, capsys):
+    """A rerun of sign flipping vs mean, seed 0, with other rounds in a second folder: the
+    cell averages both as one seed, and the report says so (stderr and page)."""
+    root = tmp_path / "runs"
+    shutil.copytree(runs / "sweep", root)
+    run_experiment(
+        [*FAST, "attack=sign_flip", "defense=mean", "seed=0", "fl.rounds=2"], root / "rerun"
+    )
+    collected = collect([root])
+    repeated = [w for w in collected.warnings if "averaged as one seed" in w]
+    assert len(repeated) == 1 and "sign_flip vs mean, seed 0" in repeated[0]
+    assert str(root / "rerun") in repeated[0]
+    main([str(root), "-o", str(tmp_path / "out")])
+    assert "warning: 2 runs of sign_flip vs mean, seed 0" in capsys.readouterr().err
+    assert "averaged as one seed" in (tmp_path / "out" / "report.html").read_text()
+    assert not [w for w in collect([runs / "sweep"]).warnings if "averaged" in w]
