@@ -468,3 +468,28 @@ def test_the_docs_example_app_defends_against_alie(tmp_path):
     line = next(x for x in done.stdout.splitlines() if x.startswith("weights after 5 rounds:"))
     weights = json.loads(line.split(":", 1)[1])
     assert len(weights) == 5 and all(abs(w - 1) < 0.05 for w in weights)
+
+
+def test_robustfl_flower_sweeps_like_robustfl(tmp_path):
+    """``robustfl-flower -m``: one Flower run per job, each with its own run folder."""
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "robustfl-flower"),
+            "-m",
+            "defense=median,krum",
+            *BASE,
+            "fl.rounds=2",
+            "attack=alie",
+            "tracker.mode=disabled",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "WANDB_MODE": "disabled"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
+    assert [s["defense"] for s in summaries] == ["median", "krum"]
+    assert all(s["engine"] == "flower-simulation" and s["status"] == "completed" for s in summaries)
+    assert "alie vs krum (seed 0): accuracy" in done.stdout
