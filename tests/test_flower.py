@@ -152,6 +152,26 @@ def test_krum_strategy_picks_the_float64_choice_on_late_training_updates_and_log
     assert list(metrics["robustfl-kept"]) == [ids[best]]
 
 
+def test_without_client_ids_rows_follow_node_ids_and_the_kept_count_is_reported():
+    """Replies without a ``client-id`` metric: rows are ordered by node id (here 2**63 and
+    above, beyond int64), the rule still runs, and the metric counts the kept rows."""
+    gen = np.random.default_rng(11)
+    sent = np.zeros(6, np.float32)
+    updates = gen.normal(size=(5, 6)).astype(np.float32)
+    rows = []
+    for k, update in enumerate(updates):
+        ask = Message(RecordDict(), dst_node_id=2**63 + 7 * k, message_type=MessageType.TRAIN)
+        content = RecordDict(
+            {"arrays": record(sent + update), "metrics": MetricRecord({"num-examples": 10})}
+        )
+        rows.append(Message(content, reply_to=ask))
+    strategy = RobustStrategy(Krum(f=1))
+    got, metrics = run_strategy(strategy, sent, rows[::-1])
+    assert strategy.last.identities == [2**63 + 7 * k for k in range(5)]
+    assert metrics["robustfl-kept-count"] == 1 and "robustfl-kept" not in metrics
+    assert any(np.array_equal(got, u) for u in updates)
+
+
 def test_the_strategy_composes_under_flowers_server_side_dp_clipping():
     """Under ``DifferentialPrivacyServerSideFixedClipping`` (noise 0 here) the rule sees the
     clipped updates: the result is the median of the clipped rows."""

@@ -20,7 +20,7 @@ from robustfl.flower.records import (
     reply_metric,
     unflatten_arrays,
 )
-from robustfl.flower.strategy import CLIENT_KEY, RobustStrategy
+from robustfl.flower.strategy import CLIENT_KEY, RobustStrategy, dense_ids
 from robustfl.seeding import torch_generator
 
 Placement = Literal["none", "client", "server"]
@@ -99,6 +99,7 @@ class AttackInjection(Strategy):
         self.generator = torch_generator(seed, "attack")
         self.client_key = client_key
         self._sent: dict[int, ArrayRecord] = {}
+        self._dense: dict[int, int] = {}  # client identity -> small id (mimic's victim)
 
     def summary(self) -> None:
         self.strategy.summary()
@@ -120,7 +121,7 @@ class AttackInjection(Strategy):
                 "round: AttackInjection crafts updates against the weights sent out."
             )
         valid = [reply for reply in replies if not reply.has_error()]
-        identities = client_identities(valid, self.client_key)
+        identities, _ = client_identities(valid, self.client_key)
         order = sorted(range(len(valid)), key=identities.__getitem__)
         valid = [valid[i] for i in order]
         identities = [identities[i] for i in order]
@@ -157,7 +158,7 @@ class AttackInjection(Strategy):
             sample_counts=torch.tensor(
                 [float(reply_metric(r, "num-examples") or 1.0) for r in valid]
             ),
-            client_ids=torch.tensor(identities),
+            client_ids=dense_ids(self._dense, identities),
             defense_generator=None if self.rule is None else self.rule.defense_generator,
         )
         pseudo = updates.neg()

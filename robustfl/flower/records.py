@@ -51,11 +51,12 @@ def reply_metric(reply: Message, key: str) -> float | int | None:
     return None
 
 
-def client_identities(replies: Iterable[Message], key: str) -> list[int]:
-    """Each reply's client identity: the integer metric ``key`` when every reply carries it
-    (a client id, stable across rounds), otherwise the sending node's id."""
+def client_identities(replies: Iterable[Message], key: str) -> tuple[list[int], bool]:
+    """Each reply's client identity, and whether it is the integer metric ``key`` (a client
+    id, stable across rounds), which it is when every reply carries it; otherwise the sending
+    node's id (an unsigned 64-bit number)."""
     replies = list(replies)
     values = [reply_metric(reply, key) for reply in replies]
     if all(value is not None for value in values):
-        return [int(value) for value in values]
-    return [int(reply.metadata.src_node_id) for reply in replies]
+        return [int(value) for value in values], True
+    return [int(reply.metadata.src_node_id) for reply in replies], False

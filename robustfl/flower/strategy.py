@@ -49,6 +49,12 @@ class AggregateRecord:
     kept: list[int] | None
 
 
+def dense_ids(table: dict[int, int], identities: list[int]) -> Tensor:
+    """Small, stable ids ``(n,)`` for client identities (node ids can exceed int64): each
+    identity gets the next free number on first sight, recorded in ``table``."""
+    return torch.tensor([table.setdefault(i, len(table)) for i in identities])
+
+
 class RobustStrategy(FedAvg):
     """FedAvg's sampling and messages, with robustfl's aggregation and server optimizer.
 
@@ -59,7 +65,8 @@ class RobustStrategy(FedAvg):
     its gradient (``theta + server_lr * a`` without momentum or weight decay, so
     ``server_lr = 1`` with the mean is FedAvg with equal weights). Stateful rules (centered
     clipping, FoolsGold) keep their state in ``defense`` across rounds, per client identity.
-    Selecting rules log the identities they kept as the train metric ``robustfl-kept``.
+    Selecting rules log the identities they kept, and return them as the train metric
+    ``robustfl-kept`` (with node ids, which do not fit a metric: ``robustfl-kept-count``).
 
     Composes under Flower's wrappers, e.g. ``DifferentialPrivacyServerSideFixedClipping(
     RobustStrategy(...), noise_multiplier, clipping_norm, num_sampled_clients)``: the wrapper
@@ -162,7 +169,7 @@ class RobustStrategy(FedAvg):
             )
         if not valid:
             return None, None
-        identities = client_identities(valid, self.client_key)
+        identities, named = client_identities(valid, self.client_key)
         order = sorted(range(len(valid)), key=identities.__getitem__)
         valid = [valid[i] for i in order]
         identities = [identities[i] for i in order]
@@ -179,7 +186,10 @@ class RobustStrategy(FedAvg):
         kept = self.last.kept if self.last is not None else None
         if kept is not None:
             metrics = metrics if metrics is not None else MetricRecord()
-            metrics["robustfl-kept"] = kept
+            # node ids are unsigned 64-bit, beyond a metric's signed range: logged, counted
+            metrics["robustfl-kept" if named else "robustfl-kept-count"] = (
+                kept if named else len(kept)
+            )
             log(INFO, "aggregate_train: %s kept clients %s", rule_name(self.defense), kept)
         return unflatten_arrays(new_theta, sent), metrics
 
@@ -193,7 +203,7 @@ class RobustStrategy(FedAvg):
     ) -> Tensor:
         """The defense's aggregate ``(d,)`` of ``updates (n, d)`` (rows of ``identities``,
         ``counts`` local samples each), sent weights ``theta (d,)``; records :attr:`last`."""
-        ids = torch.tensor([self._dense.setdefault(i, len(self._dense)) for i in identities])
+        ids = dense_ids(self._dense, identities)
         ctx = RoundContext(
             round=server_round - 1,
             defense=self.defense,
