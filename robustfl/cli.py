@@ -94,10 +94,21 @@ def _record_failure(summary: dict, run_dir: Path, tracker: WandbTracker) -> None
 def app(cfg: DictConfig) -> float:
     """One job. Returns the final clean accuracy (NaN when there is none), the objective that
     optimizing sweepers such as Optuna minimize or maximize."""
+    return hydra_job(cfg)
+
+
+def hydra_job(
+    cfg: DictConfig,
+    run_job: Callable[[DictConfig, Path, WandbTracker], dict] = run,
+    command: str = "robustfl",
+) -> float:
+    """The job of a Hydra app (``robustfl``, ``robustfl-flower``): :func:`execute` in the run
+    folder Hydra chose, grouped per sweep; returns the final clean accuracy or NaN."""
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     group = Path(hydra_cfg.sweep.dir).name if multirun else None
-    summary = execute(cfg, Path(hydra_cfg.runtime.output_dir), multirun, group)
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    summary = execute(cfg, run_dir, multirun, group, run_job, command)
     accuracy = summary.get("final", {}).get("accuracy")
     return float(accuracy) if accuracy is not None else math.nan
 

@@ -35,3 +35,16 @@ def test_attacks_and_defenses_never_import_each_other():
 def test_the_engine_imports_no_particular_attack_or_defense():
     loaded = imported_after("robustfl.engine")
     assert not {m for m in loaded if m.startswith(("attacks", "defenses"))}
+
+
+def test_nothing_outside_robustfl_flower_imports_flower():
+    """The main install never needs flwr: the commands, the engine, the report and every
+    attack and defense load without ``robustfl.flower`` (or ``flwr``)."""
+    code = (
+        "import sys, robustfl.cli, robustfl.run, robustfl.report, robustfl.api, robustfl.build, "
+        "attacks.adaptive, attacks.mimic, defenses.pipeline, defenses.krum; "
+        "print(' '.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert not {m for m in loaded if m.startswith(("robustfl.flower", "flwr"))}

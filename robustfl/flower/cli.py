@@ -20,11 +20,9 @@ from typing import Any
 import hydra
 from flwr.serverapp import Grid, ServerApp
 from flwr.simulation import run_simulation
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from robustfl.cli import execute
+from robustfl.cli import hydra_job
 from robustfl.config import fill_option_names, register_configs, to_container
 from robustfl.flower.app import check_supported, client_app, serve
 from robustfl.results import config_hash
@@ -76,13 +74,7 @@ def run_on_flower(cfg: DictConfig, run_dir: str | Path, tracker: Any = None) -> 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def app(cfg: DictConfig) -> float:
     """One job through Flower; returns the final clean accuracy (NaN when there is none)."""
-    hydra_cfg = HydraConfig.get()
-    multirun = hydra_cfg.mode == RunMode.MULTIRUN
-    group = Path(hydra_cfg.sweep.dir).name if multirun else None
-    run_dir = Path(hydra_cfg.runtime.output_dir)
-    summary = execute(cfg, run_dir, multirun, group, run_on_flower, "robustfl-flower")
-    accuracy = summary.get("final", {}).get("accuracy")
-    return float(accuracy) if accuracy is not None else math.nan
+    return hydra_job(cfg, run_on_flower, "robustfl-flower")
 
 
 def main() -> None:
