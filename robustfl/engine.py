@@ -345,8 +345,6 @@ def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResul
     honest = ~is_byzantine if attacking else torch.ones_like(is_byzantine)
     with watch("transmit_s"):
         transmit(sim, updates, clients, honest)
-    honest_weights = (~is_byzantine).to(updates.dtype) / max(int((~is_byzantine).sum()), 1)
-
     ctx = RoundContext(
         round=round_index,
         defense=sim.defense,
@@ -368,29 +366,47 @@ def run_round(sim: Simulation, round_index: int, watch: Stopwatch) -> RoundResul
         sim.privacy.enforce(updates, is_byzantine)  # a protocol-enforced norm bound, if any
     with watch("aggregate_s"):
         received = sim.privacy.clip_received(updates)
-        # the mean of the honest messages the rule receives (clipped under central DP), for
-        # the robustness error; the attack replaced only the Byzantine rows
-        honest_mean = honest_weights.to(sim.device) @ received
         aggregate = sim.defense(received)
         check_aggregate(sim.defense, aggregate, updates, round_index)
-        finite = bool(torch.isfinite(aggregate).all())
-        updates_finite = finite or bool(torch.isfinite(received).all())
         sim.server.step(
             sim.privacy.noise_aggregate(aggregate, len(clients), sim.streams["privacy"])
         )
 
     selected = sim.defense.last_selected
+    return round_result(
+        aggregate,
+        received,
+        is_byzantine,
+        None if selected is None else int(torch.isin(selected.cpu(), byz_rows).sum()),
+        sim.global_params,
+    )
+
+
+def round_result(
+    aggregate: Tensor,
+    received: Tensor,
+    is_byzantine: Tensor,
+    byzantine_selected: int | None,
+    global_params: Tensor,
+) -> RoundResult:
+    """A round's :class:`RoundResult` from the rule's ``aggregate (d,)``, the rows it received
+    ``received (n, d)`` (the honest ones as sent, clipped under central DP), which rows are
+    Byzantine ``(n,)``, how many Byzantine rows a selecting rule kept, and the model after the
+    step. The robustness error is ``||aggregate - h|| / ||h||``, ``h`` the mean of the honest
+    rows received."""
+    honest = ~is_byzantine.to(received.device)
+    weights = honest.to(received.dtype) / max(int(honest.sum()), 1)
+    honest_mean = weights @ received
     error = torch.linalg.vector_norm(aggregate - honest_mean) / torch.linalg.vector_norm(
         honest_mean
     )
+    finite = bool(torch.isfinite(aggregate).all())
     return RoundResult(
-        finite=finite and bool(torch.isfinite(sim.global_params).all()),
+        finite=finite and bool(torch.isfinite(global_params).all()),
         aggregate_finite=finite,
-        updates_finite=updates_finite,
+        updates_finite=finite or bool(torch.isfinite(received).all()),
         robustness_error=float(error),
-        byzantine_selected=None
-        if selected is None
-        else int(torch.isin(selected.cpu(), byz_rows).sum()),
-        num_byzantine=len(byz_rows),
-        participants=len(clients),
+        byzantine_selected=byzantine_selected,
+        num_byzantine=int(is_byzantine.sum()),
+        participants=len(received),
     )

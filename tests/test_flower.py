@@ -152,6 +152,28 @@ def test_krum_strategy_picks_the_float64_choice_on_late_training_updates_and_log
     assert list(metrics["robustfl-kept"]) == [ids[best]]
 
 
+def test_krum_strategy_on_identical_attacker_rows_picks_one_of_the_tied_copies():
+    """Four identical rows (what ALIE, IPM and mimic send) among seven honest ones: every
+    copy has the same float64 Krum score; the strategy returns that vector and reports one
+    of the tied clients, whatever the order the replies arrive in."""
+    gen = np.random.default_rng(13)
+    honest = gen.normal(size=(7, 20))
+    copies = np.repeat(0.05 * gen.normal(size=(1, 20)), 4, axis=0)
+    updates = np.concatenate([honest, copies]).astype(np.float32)
+    n, f = 11, 4
+    x = updates.astype(np.float64)
+    dist = ((x[:, None] - x[None]) ** 2).sum(-1)
+    scores = np.array([np.sort(np.delete(dist[i], i))[: n - f - 2].sum() for i in range(n)])
+    tied = set(np.flatnonzero(scores == scores.min()).tolist())
+    assert tied == {7, 8, 9, 10}  # the copies win, all with one score
+    sent = np.zeros(20, np.float32)
+    for order in (list(range(n)), list(range(n))[::-1]):
+        rows = replies(sent, updates[order], order)
+        got, metrics = run_strategy(RobustStrategy(Krum(f=f)), sent, rows)
+        np.testing.assert_array_equal(got, updates[7])
+        assert len(metrics["robustfl-kept"]) == 1 and metrics["robustfl-kept"][0] in tied
+
+
 def test_without_client_ids_rows_follow_node_ids_and_the_kept_count_is_reported():
     """Replies without a ``client-id`` metric: rows are ordered by node id (here 2**63 and
     above, beyond int64), the rule still runs, and the metric counts the kept rows."""

@@ -43,6 +43,7 @@ from robustfl.engine import (
     RoundResult,
     Simulation,
     Stopwatch,
+    round_result,
     server_update,
     skip_reason,
     skipped_round,
@@ -103,9 +104,8 @@ def local_update(
     batches = batches.view(1, sim.local_steps, sim.batch_size).to(sim.device)
     seeds = torch.tensor([int(config["dropout-seed"])]) if "dropout-seed" in config else None
     byzantine = bool(sim.federation.is_byzantine[client])
-    momentum = None
+    momentum, key = None, f"robustfl-momentum-{config['run-digest']}"
     if sim.client_momentum is not None:
-        key = f"robustfl-momentum-{config['run-digest']}"
         momentum = torch.zeros(1, d, device=sim.device)
         if key in state and not (byzantine and not sim.byzantine_momentum):
             momentum[0] = flatten_arrays(state[key]).to(sim.device)
@@ -114,9 +114,7 @@ def local_update(
         theta.to(sim.device), sim.data.x, sim.data.y, batches, momentum, out, seeds
     )[0]
     if momentum is not None:
-        state[f"robustfl-momentum-{config['run-digest']}"] = ArrayRecord(
-            {"buffer": Array(momentum[0].cpu().numpy().copy())}
-        )
+        state[key] = ArrayRecord({"buffer": Array(momentum[0].cpu().numpy().copy())})
     client_side = attack_placement(sim.attack) == "client"
     if byzantine and client_side and overrides(sim.attack, Attack, "poison_gradients"):
         ctx = RoundContext(
@@ -309,28 +307,15 @@ class FlowerRounds:
         with watch("aggregate_s"):
             new, _ = self.strategy.aggregate_train(server_round, replies)
         sim.global_params.copy_(flatten_arrays(new).to(sim.device))
-        return self.result(clients, is_byzantine)
+        return self.result(is_byzantine)
 
-    def result(self, clients: Tensor, is_byzantine: Tensor) -> RoundResult:
+    def result(self, is_byzantine: Tensor) -> RoundResult:
         """The round's :class:`RoundResult`, as the engine's ``run_round`` reports it."""
         last = self.rule.last
-        honest = ~is_byzantine
-        honest_mean = last.updates[honest].mean(dim=0)
-        error = torch.linalg.vector_norm(last.aggregate - honest_mean) / torch.linalg.vector_norm(
-            honest_mean
-        )
-        finite = bool(torch.isfinite(last.aggregate).all())
         byzantine_ids = set(self.sim.federation.byzantine_ids.tolist())
-        return RoundResult(
-            finite=finite and bool(torch.isfinite(self.sim.global_params).all()),
-            aggregate_finite=finite,
-            updates_finite=finite or bool(torch.isfinite(last.updates).all()),
-            robustness_error=float(error),
-            byzantine_selected=None
-            if last.kept is None
-            else sum(1 for i in last.kept if i in byzantine_ids),
-            num_byzantine=int(is_byzantine.sum()),
-            participants=len(clients),
+        kept = None if last.kept is None else sum(i in byzantine_ids for i in last.kept)
+        return round_result(
+            last.aggregate, last.updates, is_byzantine, kept, self.sim.global_params
         )
 
 

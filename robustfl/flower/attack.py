@@ -14,10 +14,11 @@ from flwr.serverapp.strategy import Strategy
 from robustfl.contracts import Attack, RoundContext, overrides
 from robustfl.errors import ConfigError
 from robustfl.flower.records import (
-    client_identities,
-    flatten_arrays,
+    ReplyRows,
     reply_arrays,
     reply_metric,
+    reply_rows,
+    take_sent,
     unflatten_arrays,
 )
 from robustfl.flower.strategy import CLIENT_KEY, RobustStrategy, dense_ids
@@ -114,63 +115,45 @@ class AttackInjection(Strategy):
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
-        sent = self._sent.pop(server_round, None)
-        if sent is None:
-            raise RuntimeError(
-                f"aggregate_train(server_round={server_round}) without configure_train for that "
-                "round: AttackInjection crafts updates against the weights sent out."
-            )
-        valid = [reply for reply in replies if not reply.has_error()]
-        identities, _ = client_identities(valid, self.client_key)
-        order = sorted(range(len(valid)), key=identities.__getitem__)
-        valid = [valid[i] for i in order]
-        identities = [identities[i] for i in order]
-        byz = [row for row, ident in enumerate(identities) if ident in self.byzantine]
+        sent = take_sent(self._sent, server_round, "AttackInjection")
+        rows = reply_rows(replies, sent, self.client_key)
+        byz = [row for row, ident in enumerate(rows.identities) if ident in self.byzantine]
         if byz:
-            self.inject(server_round, sent, valid, identities, byz)
+            self.inject(server_round, rows, byz)
         return self.strategy.aggregate_train(server_round, replies)
 
-    def inject(
-        self,
-        server_round: int,
-        sent: ArrayRecord,
-        valid: list[Message],
-        identities: list[int],
-        byz: list[int],
-    ) -> None:
-        """Replace the replies at rows ``byz`` of ``valid`` (in place) by the crafted rows."""
-        honest = [row for row in range(len(valid)) if row not in set(byz)]
+    def inject(self, server_round: int, rows: ReplyRows, byz: list[int]) -> None:
+        """Replace the replies at rows ``byz`` (in place) by the crafted rows."""
+        honest = [row for row in range(len(rows.replies)) if row not in set(byz)]
         if not honest and self.attack.knowledge == "omniscient":
             raise ConfigError(
                 f"{type(self.attack).__name__} needs the honest updates of round "
                 f"{server_round}, but every reply came from a Byzantine client."
             )
-        theta = flatten_arrays(sent)
-        updates = torch.stack([flatten_arrays(reply_arrays(r)[1]) for r in valid]) - theta
         ctx = RoundContext(
             round=server_round - 1,
             defense=None if self.rule is None else self.rule.defense,
-            global_params=theta,
+            global_params=rows.theta,
             generator=self.generator,
-            num_clients=len(valid),
+            num_clients=len(rows.replies),
             num_byzantine=len(byz),
             byzantine_rows=torch.tensor(byz),
             sample_counts=torch.tensor(
-                [float(reply_metric(r, "num-examples") or 1.0) for r in valid]
+                [float(reply_metric(r, "num-examples") or 1.0) for r in rows.replies]
             ),
-            client_ids=dense_ids(self._dense, identities),
+            client_ids=dense_ids(self._dense, rows.identities),
             defense_generator=None if self.rule is None else self.rule.defense_generator,
         )
-        pseudo = updates.neg()
+        pseudo = rows.updates.neg()
         crafted = self.attack.poison_gradients(pseudo[honest], pseudo[byz], ctx)
-        if crafted.shape != (len(byz), updates.shape[1]):
+        if crafted.shape != (len(byz), rows.updates.shape[1]):
             raise RuntimeError(
                 f"{type(self.attack).__name__}.poison_gradients returned shape "
-                f"{tuple(crafted.shape)}, expected {(len(byz), updates.shape[1])}."
+                f"{tuple(crafted.shape)}, expected {(len(byz), rows.updates.shape[1])}."
             )
         for row, pseudo_gradient in zip(byz, crafted, strict=True):
-            key, record = reply_arrays(valid[row])
-            valid[row].content[key] = unflatten_arrays(theta - pseudo_gradient, record)
+            key, record = reply_arrays(rows.replies[row])
+            rows.replies[row].content[key] = unflatten_arrays(rows.theta - pseudo_gradient, record)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -60,3 +61,49 @@ def client_identities(replies: Iterable[Message], key: str) -> tuple[list[int], 
     if all(value is not None for value in values):
         return [int(value) for value in values], True
     return [int(reply.metadata.src_node_id) for reply in replies], False
+
+
+@dataclass
+class ReplyRows:
+    """A round's valid training replies as update rows.
+
+    Attributes:
+        replies: the replies, ordered by client identity.
+        identities: their client identities (:func:`client_identities`), ascending.
+        named: whether the identities are client ids (else node ids).
+        theta: ``(d,)`` the weights sent out.
+        updates: ``(n, d)`` float32, each reply's weights minus ``theta``.
+    """
+
+    replies: list[Message]
+    identities: list[int]
+    named: bool
+    theta: Tensor
+    updates: Tensor
+
+
+def reply_rows(replies: Iterable[Message], sent: ArrayRecord, key: str) -> ReplyRows:
+    """The valid replies (errors dropped) ordered by client identity, and their updates
+    against the weights ``sent``."""
+    valid = [reply for reply in replies if not reply.has_error()]
+    identities, named = client_identities(valid, key)
+    order = sorted(range(len(valid)), key=identities.__getitem__)
+    valid = [valid[i] for i in order]
+    theta = flatten_arrays(sent)
+    updates = (
+        torch.stack([flatten_arrays(reply_arrays(reply)[1]) for reply in valid]) - theta
+        if valid
+        else torch.zeros(0, len(theta))
+    )
+    return ReplyRows(valid, [identities[i] for i in order], named, theta, updates)
+
+
+def take_sent(store: dict[int, ArrayRecord], server_round: int, who: str) -> ArrayRecord:
+    """The weights ``who`` kept in ``configure_train`` for ``server_round``, removed."""
+    sent = store.pop(server_round, None)
+    if sent is None:
+        raise RuntimeError(
+            f"{who}.aggregate_train(server_round={server_round}) without configure_train for "
+            "that round: updates are computed against the weights sent out."
+        )
+    return sent

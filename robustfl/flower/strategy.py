@@ -16,13 +16,7 @@ from torch import Tensor
 
 from robustfl.contracts import Defense, RoundContext
 from robustfl.engine import check_aggregate, rule_name
-from robustfl.flower.records import (
-    client_identities,
-    flatten_arrays,
-    reply_arrays,
-    reply_metric,
-    unflatten_arrays,
-)
+from robustfl.flower.records import reply_metric, reply_rows, take_sent, unflatten_arrays
 from robustfl.seeding import torch_generator
 from robustfl.server import ServerOptimizer
 
@@ -161,25 +155,17 @@ class RobustStrategy(FedAvg):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Aggregate the replies with the defense and step the server's optimizer."""
         valid, _ = self._check_and_log_replies(replies, is_train=True)
-        sent = self._sent.pop(server_round, None)
-        if sent is None:
-            raise RuntimeError(
-                f"aggregate_train(server_round={server_round}) without configure_train for that "
-                "round: RobustStrategy computes updates against the weights it sent out."
-            )
+        sent = take_sent(self._sent, server_round, "RobustStrategy")
         if not valid:
             return None, None
-        identities, named = client_identities(valid, self.client_key)
-        order = sorted(range(len(valid)), key=identities.__getitem__)
-        valid = [valid[i] for i in order]
-        identities = [identities[i] for i in order]
-        theta = flatten_arrays(sent)
-        updates = torch.stack([flatten_arrays(reply_arrays(reply)[1]) for reply in valid]) - theta
+        rows = reply_rows(valid, sent, self.client_key)
         counts = torch.tensor(
-            [float(reply_metric(reply, self.weighted_by_key) or 1.0) for reply in valid]
+            [float(reply_metric(reply, self.weighted_by_key) or 1.0) for reply in rows.replies]
         )
-        aggregate = self.aggregate_updates(server_round, updates, identities, counts, theta)
-        new_theta = self.step(theta, aggregate)
+        aggregate = self.aggregate_updates(
+            server_round, rows.updates, rows.identities, counts, rows.theta
+        )
+        new_theta = self.step(rows.theta, aggregate)
         metrics = self.train_metrics_aggr_fn([r.content for r in valid], self.weighted_by_key)
         if metrics is not None and self.client_key in metrics:
             del metrics[self.client_key]  # an average of client ids means nothing
@@ -187,8 +173,8 @@ class RobustStrategy(FedAvg):
         if kept is not None:
             metrics = metrics if metrics is not None else MetricRecord()
             # node ids are unsigned 64-bit, beyond a metric's signed range: logged, counted
-            metrics["robustfl-kept" if named else "robustfl-kept-count"] = (
-                kept if named else len(kept)
+            metrics["robustfl-kept" if rows.named else "robustfl-kept-count"] = (
+                kept if rows.named else len(kept)
             )
             log(INFO, "aggregate_train: %s kept clients %s", rule_name(self.defense), kept)
         return unflatten_arrays(new_theta, sent), metrics
